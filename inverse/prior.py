@@ -1,0 +1,263 @@
+"""Whole-image denoisers assembled from a position-aware patch network (PaDIS, Hu et al. 2024).
+
+All priors share one interface: ``prior(x, sigma, generator) -> x0_hat`` with ``x`` a noisy
+image batch ``(B, C, H, W)`` (clean images in [0, 1] plus Gaussian noise of std ``sigma``),
+``sigma`` a float or a ``(B,)`` tensor, and ``x0_hat`` of the same shape. ``prior.calls``
+counts batched network calls (``reset_calls()`` sets it to 0).
+
+Gradients: the priors never change the grad mode. Under ``torch.no_grad()`` they cost no
+autograd memory; DPS calls them with gradients enabled and backpropagates through them.
+
+The cut/stitch helpers below are pure functions (no state, no randomness), tested by an exact
+extract -> stitch round trip (STYLE.md habit 4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training.networks import position_grid
+
+# ----------------------------------------------------------------------------------------
+# Pure grid helpers
+
+
+def patches_per_axis(size: int, psize: int) -> int:
+    """P = size // psize + 1 patches along one axis (DESIGN.md)."""
+    return size // psize + 1
+
+
+def valid_psizes(size: int, pad: int) -> list[int]:
+    """All patch sizes for which the shifted grid covers an image side of ``size`` pixels and
+    stays on its canvas of ``size + 2*pad`` pixels: size + pad <= P*psize <= size + pad + 1."""
+    return [p for p in range(1, size + 2 * pad + 1)
+            if size + pad <= patches_per_axis(size, p) * p <= size + pad + 1]
+
+
+def check_grid(height: int, width: int, pad: int, psize: int) -> tuple[int, int]:
+    """Return (P_h, P_w) for an H x W image, or raise a ValueError naming valid psize values."""
+    if pad < 1:
+        raise ValueError(f"PatchPrior: pad={pad}; the random grid offset is drawn from [0, pad-1], "
+                         "so pad must be >= 1 (the paper uses pad 24 with psize 56 for 256 x 256)")
+    counts = []
+    for name, size in (("height", height), ("width", width)):
+        n = patches_per_axis(size, psize)
+        if not size + pad <= n * psize <= size + pad + 1:
+            good = [p for p in valid_psizes(height, pad) if p in valid_psizes(width, pad)]
+            raise ValueError(
+                f"PatchPrior: psize={psize} with pad={pad} does not tile image {name} {size}: need "
+                f"{size + pad} <= P*psize <= {size + pad + 1} with P = {size}//psize + 1 = {n} "
+                f"(P*psize = {n * psize}); valid psize values for {height}x{width} and pad {pad}: "
+                f"{good if good else 'none (change pad)'}")
+        counts.append(n)
+    return counts[0], counts[1]
+
+
+def extract_patches(region: torch.Tensor, psize: int) -> torch.Tensor:
+    """Cut a region ``(B, C, P_h*psize, P_w*psize)`` into non-overlapping patches.
+
+    Returns ``(B*P_h*P_w, C, psize, psize)``, ordered image-major, then patch row, then patch
+    column. One reshape/permute, no loop.
+    """
+    b, c, h, w = region.shape
+    if h % psize or w % psize:
+        raise ValueError(f"extract_patches: region {h}x{w} is not a multiple of psize {psize}")
+    ph, pw = h // psize, w // psize
+    patches = region.reshape(b, c, ph, psize, pw, psize).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(b * ph * pw, c, psize, psize)
+
+
+def stitch_patches(patches: torch.Tensor, batch: int, ph: int, pw: int) -> torch.Tensor:
+    """Inverse of :func:`extract_patches`: ``(B*P_h*P_w, C, p, p) -> (B, C, P_h*p, P_w*p)``."""
+    n, c, p, _ = patches.shape
+    if n != batch * ph * pw:
+        raise ValueError(f"stitch_patches: {n} patches for batch {batch} x {ph} x {pw}")
+    out = patches.reshape(batch, ph, pw, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(batch, c, ph * p, pw * p)
+
+
+def grid_region(canvas: torch.Tensor, a: int, b: int, ph: int, pw: int, psize: int) -> torch.Tensor:
+    """The part of a canvas ``(B, C, N_h, N_w)`` covered by the grid that starts at row ``a``,
+    column ``b``: ``(B, C, P_h*psize, P_w*psize)`` (a view)."""
+    return canvas[:, :, a:a + ph * psize, b:b + pw * psize]
+
+
+def _sigma_vector(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """sigma (float, 0-d or (B,) tensor) as a (B,) tensor of x's dtype and device."""
+    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device).reshape(-1)
+    if s.numel() not in (1, batch):
+        raise ValueError(f"sigma has {s.numel()} values for a batch of {batch} images")
+    return s.expand(batch)
+
+
+class _PriorBase:
+    """Call counting, chunked network calls and the cached canvas position grid."""
+
+    def __init__(self, net: torch.nn.Module, batch: int | None = None):
+        if batch is not None and batch < 1:
+            raise ValueError(f"batch={batch}; expected a positive number of patches per call or None")
+        self.net = net
+        self.batch = batch
+        self.calls = 0
+        self._grid_key = None
+        self._grid = None
+
+    def reset_calls(self) -> None:
+        self.calls = 0
+
+    @property
+    def positional(self) -> bool:
+        return getattr(self.net, "pos_channels", 0) > 0
+
+    def canvas_grid(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """Position channels ``(1, 2, height, width)`` of the canvas, built once per size."""
+        key = (height, width, like.device, like.dtype)
+        if self._grid_key != key:
+            self._grid = position_grid(height, width, device=like.device, dtype=like.dtype)
+            self._grid_key = key
+        return self._grid
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        """Run the network on ``(n, C, h, w)`` patches, ``batch`` patches per call at most."""
+        n = x.shape[0]
+        step = n if self.batch is None else self.batch
+        outs = []
+        for start in range(0, n, step):
+            stop = start + step
+            outs.append(self.net(x[start:stop], sigma[start:stop],
+                                 None if pos is None else pos[start:stop]))
+            self.calls += 1
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class PatchPrior(_PriorBase):
+    """PaDIS whole-image denoiser from non-overlapping patches on a randomly shifted grid.
+
+    The H x W image is zero-padded by ``pad`` (canvas ``(H + 2*pad) x (W + 2*pad)``); a grid of
+    P_h x P_w patches of ``psize`` pixels (P = size // psize + 1 per axis) starts at row ``a``,
+    column ``b``, both drawn uniformly from [0, pad-1] with ``generator`` at every call (paper
+    Sec. 3.2, Fig. 2). All patches of all images are denoised in one batched call (or chunks of
+    ``batch`` patches), each with its position channels cropped from the canvas grid, and put
+    back by the inverse reshape; the canvas outside the image is discarded (zero). Paper:
+    256 x 256 images, pad 24, psize 56, P 5.
+    """
+
+    def __init__(self,
+                 net: torch.nn.Module,      # D(x, sigma, pos) patch denoiser.
+                 pad: int,                  # Zero padding on each side of the image, pixels.
+                 psize: int,                # Patch side, pixels.
+                 batch: int | None = None,  # Max patches per network call; None = all at once.
+                 ):
+        super().__init__(net, batch)
+        self.pad = int(pad)
+        self.psize = int(psize)
+
+    def draw_offset(self, generator: torch.Generator | None) -> tuple[int, int]:
+        """Grid offset (a, b), each uniform in [0, pad-1]."""
+        a, b = torch.randint(0, self.pad, (2,), generator=generator).tolist()
+        return a, b
+
+    def __call__(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None,
+                 offset: tuple[int, int] | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) noisy images; sigma: float or (B,). Returns x0_hat (B, C, H, W).
+        ``offset`` fixes (a, b) instead of drawing it (tests, debugging)."""
+        bsz, _, height, width = x.shape
+        ph, pw = check_grid(height, width, self.pad, self.psize)
+        a, b = self.draw_offset(generator) if offset is None else offset
+        pad, p = self.pad, self.psize
+        canvas = F.pad(x, (pad, pad, pad, pad))
+        patches = extract_patches(grid_region(canvas, a, b, ph, pw, p), p)
+        pos = None
+        if self.positional:
+            grid = self.canvas_grid(height + 2 * pad, width + 2 * pad, x)
+            pos = extract_patches(grid_region(grid, a, b, ph, pw, p), p).repeat(bsz, 1, 1, 1)
+        sig = _sigma_vector(sigma, bsz, x).repeat_interleave(ph * pw)
+        out = stitch_patches(self.denoise(patches, sig, pos), bsz, ph, pw)
+        # The image starts at (pad - a, pad - b) inside the grid region; the rest is canvas.
+        return out[:, :, pad - a:pad - a + height, pad - b:pad - b + width]
+
+
+class WholeImagePrior(_PriorBase):
+    """Whole-image denoiser with the prior interface (ablation / baseline).
+
+    The image is zero-padded (centred) to the next size the U-Net accepts (sides divisible by
+    2**(levels-1)) and cropped back. A position-aware network gets the grid of that canvas.
+    """
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__(net, None)
+        model = getattr(net, "model", None)
+        self.multiple = 2 ** (getattr(model, "num_levels", 1) - 1)
+
+    def __call__(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None) -> torch.Tensor:
+        bsz, _, height, width = x.shape
+        m = self.multiple
+        eh, ew = -height % m, -width % m
+        top, left = eh // 2, ew // 2
+        canvas = F.pad(x, (left, ew - left, top, eh - top)) if eh or ew else x
+        pos = None
+        if self.positional:
+            pos = self.canvas_grid(canvas.shape[-2], canvas.shape[-1], x).expand(bsz, -1, -1, -1)
+        out = self.denoise(canvas, _sigma_vector(sigma, bsz, x), pos)
+        return out[:, :, top:top + height, left:left + width]
+
+
+class OverlapAveragePrior(_PriorBase):
+    """Overlapping patches at ``stride``, denoised outputs averaged per pixel (the paper's
+    "patch averaging" ablation). Deterministic: ``generator`` is accepted and unused.
+
+    The image is zero-padded by ``pad`` and then, centred, by the few extra pixels needed for
+    the stride to end exactly on the canvas; position channels come from that canvas's grid.
+    """
+
+    def __init__(self,
+                 net: torch.nn.Module,      # D(x, sigma, pos) patch denoiser.
+                 psize: int,                # Patch side, pixels.
+                 stride: int,               # Step between patch corners, pixels (< psize overlaps).
+                 pad: int = 0,              # Zero padding on each side of the image, pixels.
+                 batch: int | None = None,  # Max patches per network call; None = all at once.
+                 ):
+        if not 1 <= stride <= psize:
+            raise ValueError(f"OverlapAveragePrior: stride={stride}; expected 1 <= stride <= psize={psize}")
+        if pad < 0:
+            raise ValueError(f"OverlapAveragePrior: pad={pad}; expected >= 0")
+        super().__init__(net, batch)
+        self.psize = int(psize)
+        self.stride = int(stride)
+        self.pad = int(pad)
+        self._count_key = None
+        self._count = None
+
+    def _canvas_side(self, size: int) -> int:
+        n = max(size + 2 * self.pad, self.psize)
+        steps = -(-(n - self.psize) // self.stride)  # ceil
+        return steps * self.stride + self.psize
+
+    def __call__(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None) -> torch.Tensor:
+        bsz, chans, height, width = x.shape
+        nh, nw = self._canvas_side(height), self._canvas_side(width)
+        top, left = (nh - height) // 2, (nw - width) // 2
+        canvas = F.pad(x, (left, nw - width - left, top, nh - height - top))
+        p, s = self.psize, self.stride
+        cols = F.unfold(canvas, p, stride=s)  # (B, C*p*p, L)
+        n_per = cols.shape[-1]
+        patches = cols.transpose(1, 2).reshape(bsz * n_per, chans, p, p)
+        pos = None
+        if self.positional:
+            grid = self.canvas_grid(nh, nw, x)
+            pcols = F.unfold(grid, p, stride=s)
+            pos = pcols.transpose(1, 2).reshape(n_per, 2, p, p).repeat(bsz, 1, 1, 1)
+        sig = _sigma_vector(sigma, bsz, x).repeat_interleave(n_per)
+        out = self.denoise(patches, sig, pos)
+        out = out.reshape(bsz, n_per, chans * p * p).transpose(1, 2)
+        summed = F.fold(out, (nh, nw), p, stride=s)
+        key = (nh, nw, x.device, x.dtype)
+        if self._count_key != key:
+            ones = torch.ones(1, 1, nh, nw, device=x.device, dtype=x.dtype)
+            self._count = F.fold(F.unfold(ones, p, stride=s), (nh, nw), p, stride=s)
+            self._count_key = key
+        return (summed / self._count)[:, :, top:top + height, left:left + width]
+
+
+PRIORS = {"patch": PatchPrior, "whole": WholeImagePrior, "overlap": OverlapAveragePrior}

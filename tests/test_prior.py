@@ -1,0 +1,174 @@
+import pytest
+import torch
+
+from inverse.prior import (
+    OverlapAveragePrior,
+    PatchPrior,
+    WholeImagePrior,
+    check_grid,
+    extract_patches,
+    grid_region,
+    stitch_patches,
+    valid_psizes,
+)
+from training.networks import build_network, position_grid
+
+
+class Identity(torch.nn.Module):
+    """D(x) = x; records what it was called with."""
+
+    pos_channels = 2
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, sigma, pos=None):
+        self.seen.append((x.detach().clone(), torch.as_tensor(sigma).detach().clone(),
+                          None if pos is None else pos.detach().clone()))
+        return x
+
+
+@pytest.mark.parametrize("shape,psize", [((2, 1, 12, 12), 4), ((1, 3, 10, 15), 5), ((3, 2, 14, 7), 7)])
+def test_extract_stitch_round_trip_exact(shape, psize):
+    x = torch.randn(shape)
+    patches = extract_patches(x, psize)
+    ph, pw = shape[2] // psize, shape[3] // psize
+    assert patches.shape == (shape[0] * ph * pw, shape[1], psize, psize)
+    # patch (image 0, row 1, column 0) is the crop at (psize, 0)
+    assert torch.equal(patches[pw], x[0, :, psize:2 * psize, :psize])
+    assert torch.equal(stitch_patches(patches, shape[0], ph, pw), x)
+
+
+@pytest.mark.parametrize("size,pad,psize", [((16, 16), 3, 10), ((16, 16), 4, 7), ((20, 12), 4, 8),
+                                            ((13, 18), 5, 6), ((256, 256), 24, 56)])
+def test_round_trip_on_canvas_for_all_offsets(size, pad, psize):
+    """psize need not divide S; every offset in [0, pad-1] covers the image exactly."""
+    h, w = size
+    ph, pw = check_grid(h, w, pad, psize)
+    x = torch.rand(2, 1, h, w)
+    canvas = torch.nn.functional.pad(x, (pad,) * 4)
+    for a in {0, pad - 1, pad // 2}:
+        for b in {0, pad - 1}:
+            region = grid_region(canvas, a, b, ph, pw, psize)
+            back = stitch_patches(extract_patches(region, psize), 2, ph, pw)
+            assert torch.equal(back, region)
+            assert torch.equal(back[:, :, pad - a:pad - a + h, pad - b:pad - b + w], x)
+
+
+def test_paper_configuration_is_valid():
+    assert check_grid(256, 256, 24, 56) == (5, 5)
+    assert 56 in valid_psizes(256, 24)
+
+
+def test_invalid_psize_lists_valid_values():
+    with pytest.raises(ValueError, match=r"valid psize values .*\[") as err:
+        check_grid(256, 256, 24, 64)
+    assert "56" in str(err.value)
+    with pytest.raises(ValueError, match="pad must be >= 1"):
+        check_grid(16, 16, 0, 8)
+    with pytest.raises(ValueError, match="psize=9"):
+        PatchPrior(Identity(), pad=3, psize=9)(torch.rand(1, 1, 16, 16), 1.0, torch.Generator())
+
+
+@pytest.mark.parametrize("size,pad,psize", [((16, 16), 4, 10), ((12, 20), 4, 8), ((16, 20), 4, 5)])
+def test_identity_network_returns_input(size, pad, psize, generator):
+    prior = PatchPrior(Identity(), pad, psize)
+    x = torch.randn(3, 2, *size)
+    for _ in range(4):
+        assert torch.equal(prior(x, 0.5, generator), x)
+
+
+def test_offset_redrawn_and_covers_range(generator):
+    prior = PatchPrior(Identity(), pad=4, psize=10)
+    offsets = [prior.draw_offset(generator) for _ in range(200)]
+    assert {a for a, _ in offsets} == set(range(4)) == {b for _, b in offsets}
+    # Same seed -> same offsets; the offset changes between calls of the prior itself.
+    net = Identity()
+    prior = PatchPrior(net, pad=4, psize=10)
+    x = torch.rand(1, 1, 16, 16)
+    for _ in range(8):
+        prior(x, 1.0, generator)
+    first_pos = {tuple(p[0, :, 0, 0].tolist()) for _, _, p in net.seen}
+    assert len(first_pos) > 1
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert [prior.draw_offset(g1) for _ in range(5)] == [prior.draw_offset(g2) for _ in range(5)]
+
+
+def test_one_batched_call_with_all_patches_and_position_crops():
+    net = Identity()
+    prior = PatchPrior(net, pad=4, psize=10)  # 16x16 -> P = 2, canvas 24
+    x = torch.rand(3, 1, 16, 16)
+    sigma = torch.tensor([0.1, 0.2, 0.3])
+    prior(x, sigma, None, offset=(1, 3))
+    assert prior.calls == 1 and len(net.seen) == 1
+    patches, sig, pos = net.seen[0]
+    assert patches.shape == (3 * 2 * 2, 1, 10, 10)
+    assert torch.equal(sig, sigma.repeat_interleave(4))
+    grid = position_grid(24, 24)
+    for k, (row, col) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        top, left = 1 + row * 10, 3 + col * 10
+        expected = grid[0, :, top:top + 10, left:left + 10]
+        assert torch.equal(pos[k], expected)
+        assert torch.equal(pos[4 + k], expected)  # second image: same positions
+        canvas = torch.nn.functional.pad(x, (4,) * 4)
+        assert torch.equal(patches[8 + k], canvas[2, :, top:top + 10, left:left + 10])
+    prior.reset_calls()
+    assert prior.calls == 0
+
+
+def test_batch_chunking_gives_same_result(tiny_patch_net):
+    x = torch.rand(2, 1, 16, 16)
+    whole = PatchPrior(tiny_patch_net, pad=4, psize=10)
+    chunked = PatchPrior(tiny_patch_net, pad=4, psize=10, batch=3)
+    with torch.no_grad():
+        out1 = whole(x, 0.5, torch.Generator().manual_seed(3))
+        out2 = chunked(x, 0.5, torch.Generator().manual_seed(3))
+    assert whole.calls == 1 and chunked.calls == 3  # 8 patches in chunks of 3
+    torch.testing.assert_close(out1, out2, atol=1e-5, rtol=1e-5)
+    assert out1.shape == x.shape and torch.isfinite(out1).all()
+
+
+def test_gradient_flows_through_prior(tiny_patch_net):
+    prior = PatchPrior(tiny_patch_net, pad=4, psize=10)
+    x = torch.rand(1, 1, 16, 16, requires_grad=True)
+    prior(x, 0.5, torch.Generator().manual_seed(0)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_overlap_average_identity_and_counts():
+    net = Identity()
+    prior = OverlapAveragePrior(net, psize=8, stride=4, pad=2)
+    x = torch.randn(2, 1, 13, 18)
+    out = prior(x, 0.3, None)
+    torch.testing.assert_close(out, x)
+    assert prior.calls == 1
+    assert net.seen[0][0].shape[1:] == (1, 8, 8)
+    with pytest.raises(ValueError, match="stride"):
+        OverlapAveragePrior(net, psize=8, stride=9)
+
+
+def test_overlap_average_real_net_and_chunks(tiny_patch_net):
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        a = OverlapAveragePrior(tiny_patch_net, psize=8, stride=4)(x, 0.5)
+        b = OverlapAveragePrior(tiny_patch_net, psize=8, stride=4, batch=2)(x, 0.5)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_whole_image_prior_pads_to_accepted_size(tiny_patch_net):
+    x = torch.rand(2, 1, 15, 13)  # odd sides: the tiny U-Net needs even ones
+    prior = WholeImagePrior(tiny_patch_net)
+    with torch.no_grad():
+        out = prior(x, torch.tensor([0.2, 0.4]), None)
+    assert out.shape == x.shape and prior.calls == 1
+    assert torch.equal(WholeImagePrior(Identity())(x, 1.0), x)
+
+
+def test_patch_prior_on_real_net_rgb():
+    torch.manual_seed(0)
+    net = build_network("tiny", 32, 3).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        out = PatchPrior(net, pad=4, psize=10)(x, 0.1, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.isfinite(out).all()
