@@ -1,0 +1,261 @@
+"""Build the CT head data set from the InVesalius example volume ``Cranium.inv3``.
+
+Source: the Debian package ``invesalius-examples`` (GPL-2), file
+``/usr/share/doc/invesalius-examples/examples/Cranium.inv3``. An ``.inv3`` project is a gzipped
+tar holding ``main.plist`` (its ``matrix`` entry gives ``filename``, ``dtype`` and ``shape``;
+``scalar_range`` gives the HU range) and the raw volume, little-endian, C order, shape
+(slices, rows, cols): here 108 axial slices of 256 x 256, 0.957 mm pixels, 1.5 mm apart, int16 HU
+in [-1024, 2986].
+
+Processing (deterministic, no randomness):
+1. window HU -> [0, 1] linearly, ``clip((HU - hu_min) / (hu_max - hu_min), 0, 1)``, default
+   [-1000, 2000] HU (``training.ct_window``): air is 0 so zero padding is black, water 1/3,
+   bone up to 2000 HU unclipped (only 0.005 % of the voxels lie above);
+2. orient upright: the stored rows run from the back of the head (head rest at the top) to the
+   face, so rows are flipped to put the face at the top, as CT slices are usually shown;
+3. keep slices "with tissue": at least ``min_tissue`` (10 %) of the pixels above ``tissue_hu``
+   (-300 HU); this drops the blurred partial-volume slices above the vertex;
+4. split: every ``stride``-th tissue slice (9, starting at stride // 2) is held out for testing,
+   the stride shrinks if that gives fewer than ``min_test`` (8) slices; the rest is training.
+   The held-out slices never enter ``train.mat`` or ``train/``.
+
+Outputs in OUTDIR (default ``data/ct_head``, git-ignored): ``train.mat`` (variable ``images``,
+H x W x N float32 in [0, 1], the paper's layout; MAT v5), ``train/slice_NNN.png`` and
+``test/slice_NNN.png`` (16-bit grayscale, NNN = slice index in the volume), ``test.npz``
+(``images`` N x H x W float32 in [0, 1], ``slice_indices``) and ``split.json``. ``--ship DIR``
+also writes the held-out split (the same ``test.npz``, pngs, ``split.json``) into DIR,
+which is how ``datasets/ct_head/`` in the repository was made::
+
+    python datasets/make_ct_head.py --outdir data/ct_head --ship datasets/ct_head --overwrite
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import plistlib
+import tarfile
+import zipfile
+from pathlib import Path
+
+import click
+import numpy as np
+import scipy.io
+from PIL import Image
+
+from torch_utils.misc import atomic_write_bytes, atomic_write_with
+from training.ct_window import HU_MAX, HU_MIN, hu_to_unit
+
+SOURCE_NAME = "Cranium.inv3"
+# Where the file lands when the Debian package is installed (searched in this order).
+SEARCH_ROOTS = (
+    "/usr/share/doc/invesalius-examples",
+    "/usr/share/invesalius-examples",
+    "/usr/local/share/doc/invesalius-examples",
+    "/usr/share/invesalius",
+)
+TISSUE_HU = -300.0  # a pixel above this is soft tissue or bone
+MIN_TISSUE = 0.10  # a slice "has tissue" if at least this fraction of its pixels does
+STRIDE = 9  # every 9th tissue slice is held out
+MIN_TEST = 8  # shrink the stride until at least this many slices are held out
+MAT_HEADER = b"MATLAB 5.0 MAT-file, written by padis datasets/make_ct_head.py"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps inside .npz so outputs are byte-identical
+
+
+def find_inv3(source: str | Path | None = None) -> Path:
+    """Return the path of ``Cranium.inv3``.
+
+    ``source`` may be the file itself or a directory searched recursively (e.g. the installed
+    package's doc directory, or a ``.deb`` unpacked with ``dpkg -x``). Without ``source`` the
+    standard install locations ``SEARCH_ROOTS`` are searched. FileNotFoundError if none has it.
+    """
+    roots = [Path(source)] if source is not None else [Path(r) for r in SEARCH_ROOTS]
+    for root in roots:
+        if root.is_file():
+            return root
+        if root.is_dir():
+            hits = sorted(root.rglob(SOURCE_NAME))
+            if hits:
+                return hits[0]
+    where = ", ".join(str(r) for r in roots)
+    raise FileNotFoundError(
+        f"{SOURCE_NAME} not found in {where}; install the Debian package invesalius-examples "
+        f"or pass --source (the file, or a directory holding it, e.g. a .deb unpacked with dpkg -x)"
+    )
+
+
+def read_inv3(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read an InVesalius project: (volume (slices, rows, cols) of integer HU as stored, main.plist dict).
+
+    ValueError naming the file if it is not a gzipped tar, main.plist is missing or malformed,
+    or the raw volume does not match the plist's dtype/shape/scalar_range.
+    """
+    path = Path(path)
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            if "main.plist" not in members:
+                raise ValueError(f"{path}: no main.plist inside; not an InVesalius .inv3 project")
+            try:
+                meta = plistlib.loads(tar.extractfile(members["main.plist"]).read())
+                matrix = meta["matrix"]
+                fname, dtype, shape = matrix["filename"], np.dtype(matrix["dtype"]), tuple(matrix["shape"])
+            except (plistlib.InvalidFileException, KeyError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"{path}: malformed main.plist (need matrix.filename/dtype/shape): {type(e).__name__}: {e}"
+                ) from None
+            if len(shape) != 3 or dtype.kind not in "iu" or fname not in members:
+                raise ValueError(
+                    f"{path}: main.plist matrix must name a 3-D integer volume inside the archive, "
+                    f"got filename={fname!r} dtype={dtype} shape={shape}"
+                )
+            raw = tar.extractfile(members[fname]).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable gzipped tar (.inv3): {e}") from None
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"{path}: {fname} has {len(raw)} bytes, main.plist shape {shape} x {dtype} needs {expected}")
+    volume = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape).astype(dtype.newbyteorder("="))
+    lo, hi = meta.get("scalar_range", (volume.min(), volume.max()))
+    if volume.min() < lo or volume.max() > hi:  # also catches a wrong byte order
+        raise ValueError(
+            f"{path}: values [{volume.min()}, {volume.max()}] outside main.plist scalar_range [{lo}, {hi}]"
+        )
+    return volume, meta
+
+
+def orient_upright(volume: np.ndarray) -> np.ndarray:
+    """Flip the rows of every slice (volume (slices, rows, cols)): face at the top, head rest below."""
+    return np.ascontiguousarray(volume[:, ::-1, :])
+
+
+def tissue_slices(hu: np.ndarray, tissue_hu: float = TISSUE_HU, min_fraction: float = MIN_TISSUE) -> np.ndarray:
+    """Indices of the slices of ``hu`` (slices, rows, cols) with >= min_fraction pixels above tissue_hu."""
+    fraction = (hu > tissue_hu).mean(axis=(1, 2))
+    return np.flatnonzero(fraction >= min_fraction)
+
+
+def split_indices(indices: np.ndarray, stride: int = STRIDE, min_test: int = MIN_TEST) -> tuple[np.ndarray, np.ndarray]:
+    """Split slice indices into (train, test): test is every stride-th one, from stride // 2.
+
+    The stride shrinks (down to 2) until at least ``min_test`` are held out, so training never
+    gets fewer slices than the test set. Disjoint, both sorted. ValueError for < 2 indices.
+    """
+    indices = np.asarray(indices)
+    if len(indices) < 2 or stride < 2:
+        raise ValueError(f"need >= 2 tissue slices and stride >= 2 to split, got {len(indices)} and {stride}")
+    while stride > 2 and len(range(stride // 2, len(indices), stride)) < min_test:
+        stride -= 1
+    test_pos = np.arange(stride // 2, len(indices), stride)
+    mask = np.zeros(len(indices), dtype=bool)
+    mask[test_pos] = True
+    return indices[~mask], indices[mask]
+
+
+def to_uint16(images: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint16 (0..65535), as stored in 16-bit pngs."""
+    return np.round(np.clip(images, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def write_npz(path: Path, arrays: dict, overwrite: bool) -> None:
+    """Write a compressed .npz with fixed zip timestamps (byte-identical on every run)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, member.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
+
+
+def write_pngs(folder: Path, images: np.ndarray, indices: np.ndarray, overwrite: bool) -> None:
+    """Write images (N, H, W) in [0, 1] as 16-bit pngs folder/slice_NNN.png; drop stale slice_*.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {f"slice_{i:03d}.png" for i in indices}
+    if overwrite:
+        for old in folder.glob("slice_*.png"):
+            if old.name not in names:
+                old.unlink()
+    for img, i in zip(to_uint16(images), indices):
+        atomic_write_with(folder / f"slice_{i:03d}.png",
+                          lambda p, img=img: Image.fromarray(img).save(p, format="PNG"), overwrite=overwrite)
+
+
+def write_mat(path: Path, images: np.ndarray, overwrite: bool) -> None:
+    """Save images (N, H, W) as MAT v5 variable ``images`` (H x W x N), with a fixed header text."""
+    def writer(p: Path) -> None:
+        scipy.io.savemat(p, {"images": np.ascontiguousarray(images.transpose(1, 2, 0))},
+                         format="5", do_compression=True)
+        with open(p, "r+b") as f:  # the 116-byte descriptive header carries a date; make it fixed
+            f.write(MAT_HEADER.ljust(116))
+    atomic_write_with(path, writer, overwrite=overwrite)
+
+
+def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head", hu_min: float = HU_MIN,
+          hu_max: float = HU_MAX, tissue_hu: float = TISSUE_HU, min_tissue: float = MIN_TISSUE,
+          stride: int = STRIDE, min_test: int = MIN_TEST, ship: str | Path | None = None,
+          overwrite: bool = False) -> dict:
+    """Make the data set (see the module docstring); returns the split record written to split.json."""
+    path = find_inv3(source)
+    hu, meta = read_inv3(path)
+    hu = orient_upright(hu)
+    images = hu_to_unit(hu, hu_min, hu_max)  # (slices, H, W) float32 in [0, 1]
+    train, test = split_indices(tissue_slices(hu, tissue_hu, min_tissue), stride, min_test)
+    record = {
+        "source": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                   "package": "invesalius-examples (Debian)", "name": meta.get("name"),
+                   "shape": list(hu.shape), "spacing_mm": meta.get("spacing")},
+        "window": {"hu_min": hu_min, "hu_max": hu_max, "map": "clip((HU - hu_min) / (hu_max - hu_min), 0, 1)"},
+        "orientation": "rows flipped: face at the top",
+        "tissue": {"hu": tissue_hu, "min_fraction": min_tissue},
+        "split": {"stride": stride, "min_test": min_test, "offset": "stride // 2 (stride shrinks if needed)"},
+        "train_indices": train.tolist(),
+        "test_indices": test.tolist(),
+    }
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_mat(out / "train.mat", images[train], overwrite)
+    write_pngs(out / "train", images[train], train, overwrite)
+    write_pngs(out / "test", images[test], test, overwrite)
+    write_npz(out / "test.npz", {"images": images[test], "slice_indices": test}, overwrite)
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write_bytes(out / "split.json", text.encode(), overwrite=overwrite)
+    if ship is not None:  # held-out slices only: small enough for the repository
+        ship = Path(ship)
+        ship.mkdir(parents=True, exist_ok=True)
+        write_pngs(ship / "test", images[test], test, overwrite)
+        write_npz(ship / "test.npz", {"images": images[test], "slice_indices": test}, overwrite)
+        atomic_write_bytes(ship / "split.json", text.encode(), overwrite=overwrite)
+    return record
+
+
+@click.command()
+@click.option("--source", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Cranium.inv3, or a directory searched for it (default: standard install locations).")
+@click.option("--outdir", type=click.Path(path_type=Path), default=Path("data/ct_head"), show_default=True)
+@click.option("--hu-min", type=float, default=HU_MIN, show_default=True, help="HU mapped to 0.")
+@click.option("--hu-max", type=float, default=HU_MAX, show_default=True, help="HU mapped to 1.")
+@click.option("--tissue-hu", type=float, default=TISSUE_HU, show_default=True, help="Tissue pixel threshold.")
+@click.option("--min-tissue", type=click.FloatRange(0, 1), default=MIN_TISSUE, show_default=True,
+              help="Fraction of tissue pixels a kept slice needs.")
+@click.option("--stride", type=click.IntRange(min=2), default=STRIDE, show_default=True,
+              help="Every stride-th tissue slice is held out.")
+@click.option("--min-test", type=click.IntRange(min=1), default=MIN_TEST, show_default=True)
+@click.option("--ship", type=click.Path(path_type=Path), default=None,
+              help="Also write the held-out split here (e.g. datasets/ct_head).")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def main(**kwargs) -> None:
+    """Make data/ct_head (train.mat, pngs, test.npz, split.json) from the InVesalius Cranium CT."""
+    try:
+        record = build(**kwargs)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"train {len(record['train_indices'])} slices, test {len(record['test_indices'])} slices "
+               f"{record['test_indices']} -> {kwargs['outdir']}")
+
+
+if __name__ == "__main__":
+    main()
