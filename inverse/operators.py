@@ -1,0 +1,508 @@
+"""Forward models y = A x for the inverse problems of the paper, one class each, in a registry.
+
+Every operator works on batches: images are (B, C, H, W) float32 in [0, 1] on `op.device`,
+measurements are (B, C, *op.measurement_shape). All maps are differentiable through autograd.
+
+- `A(x)`: forward model; `AT(y)`: its true adjoint, sum(A(x) * y) == sum(x * AT(y));
+- `pinv(y)`: FBP for CT, the usual pseudo-inverse otherwise (see each class);
+- `noise(y, level, generator)`: y + Gaussian noise. Image-domain problems (deblur, super,
+  denoise, inpaint): std = `level` in units of [0, 1] images (paper: 0.01 for deblurring).
+  CT: std = `level` * max|y| of each batch item's sinogram (all its channels), e.g. 0.005;
+- `norm()`: operator 2-norm ||A|| (exact where known, else power iteration), cached;
+  used for PDHG step sizes in inverse.baselines.
+
+`make_operator(name, image_shape, channels, device, **options)` builds one from the registry
+`OPERATORS`; the options of an operator are its constructor's keyword arguments (strings such
+as "20" or "0,2.0944" from a command line are accepted).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from odlstuff import geometry as geo
+from odlstuff.torch_op import backproject, fbp, project
+
+# --------------------------------------------------------------------------------------------
+# option parsing (one clear ValueError naming the option)
+
+
+def _int_opt(name: str, value, minimum: int = 1) -> int:
+    try:
+        out = int(value)
+        ok = out == float(value) and out >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"option {name!r} must be an integer >= {minimum}, got {value!r}")
+    return out
+
+
+def _float_opt(name: str, value, low: float = 0.0, high: float = math.inf, low_open: bool = True) -> float:
+    try:
+        out = float(value)
+        ok = math.isfinite(out) and (out > low if low_open else out >= low) and out <= high
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if math.isfinite(high) else "")
+        raise ValueError(f"option {name!r} must be a number {bound}, got {value!r}")
+    return out
+
+
+def _choice_opt(name: str, value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.lower() not in {c.lower() for c in choices}:
+        raise ValueError(f"option {name!r} must be one of {list(choices)}, got {value!r}")
+    return next(c for c in choices if c.lower() == value.lower())
+
+
+def _range_opt(name: str, value) -> tuple[float, float]:
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        lo, hi = (float(p) for p in parts)
+        ok = math.isfinite(lo) and math.isfinite(hi) and hi > lo
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"option {name!r} must be 'lo,hi' in radians with hi > lo, got {value!r}")
+    return lo, hi
+
+
+def _check(x: torch.Tensor, channels: int, shape: tuple[int, ...], what: str) -> None:
+    if x.dim() != 4 or x.shape[1] != channels or tuple(x.shape[2:]) != tuple(shape):
+        raise ValueError(f"{what} must have shape (B, {channels}, {', '.join(map(str, shape))}), "
+                         f"got {tuple(x.shape)}")
+
+
+# --------------------------------------------------------------------------------------------
+# base class
+
+
+class Operator:
+    """Base class: subclasses set `measurement_shape` and implement `_A`, `_AT`, `_pinv`."""
+
+    name = "operator"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W) image size in pixels
+        channels: int = 1,  # image channels C (1 grayscale, 3 RGB)
+        device: str | torch.device = "cpu",  # where inputs, outputs and operator data live
+    ):
+        try:
+            h, w = (int(s) for s in image_shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"image_shape must be (H, W), got {image_shape!r}") from None
+        if h < 1 or w < 1:
+            raise ValueError(f"image_shape must be positive, got {image_shape!r}")
+        self.image_shape = (h, w)
+        self.channels = _int_opt("channels", channels)
+        self.device = torch.device(device)
+        self.measurement_shape: tuple[int, ...] = self.image_shape
+        self._norm: float | None = None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, image_shape={self.image_shape}, "
+                f"channels={self.channels}, measurement_shape={self.measurement_shape}, device={self.device})")
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward model: (B, C, H, W) -> (B, C, *measurement_shape)."""
+        _check(x, self.channels, self.image_shape, f"{self.name}: image")
+        return self._A(x)
+
+    def AT(self, y: torch.Tensor) -> torch.Tensor:
+        """Adjoint of A: (B, C, *measurement_shape) -> (B, C, H, W)."""
+        _check(y, self.channels, self.measurement_shape, f"{self.name}: measurement")
+        return self._AT(y)
+
+    def pinv(self, y: torch.Tensor) -> torch.Tensor:
+        """Pseudo-inverse / classical reconstruction: (B, C, *measurement_shape) -> (B, C, H, W)."""
+        _check(y, self.channels, self.measurement_shape, f"{self.name}: measurement")
+        return self._pinv(y)
+
+    def noise_std(self, y: torch.Tensor, level: float) -> torch.Tensor | float:
+        """Std of the noise that `noise` adds: `level` (images in [0, 1])."""
+        return level
+
+    def noise(self, y: torch.Tensor, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y + N(0, std^2) with std from `noise_std` (see the module docstring); level 0 returns y."""
+        level = _float_opt("level", level, low_open=False)
+        gen_device = generator.device if generator is not None else y.device
+        n = torch.randn(y.shape, generator=generator, device=gen_device, dtype=torch.float32).to(y.device)
+        std = self.noise_std(y.detach(), level)
+        return y + std * n
+
+    @torch.no_grad()
+    def norm(self, iters: int = 200, tol: float = 1e-6) -> float:
+        """||A||_2 (largest singular value), cached. Default: power iteration on A^T A, fixed seed."""
+        if self._norm is None:
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn((1, self.channels, *self.image_shape), generator=gen).to(self.device)
+            x /= x.norm()
+            lam = 0.0
+            for _ in range(iters):
+                z = self._AT(self._A(x))
+                lam_new = float(z.norm())
+                x = z / max(lam_new, 1e-30)
+                if abs(lam_new - lam) <= tol * lam_new:
+                    break
+                lam = lam_new
+            self._norm = math.sqrt(lam_new)
+        return self._norm
+
+
+# --------------------------------------------------------------------------------------------
+# CT (ODL + ASTRA)
+
+
+class _CT(Operator):
+    """CT on the paper's geometry: images on [-domain, domain]^2, sinograms (views, det_count).
+
+    `pinv` is ODL's FBP with `fbp_filter` and frequency scaling `fbp_freq`. Noise std is
+    `level` * max|y| of each batch item. Non-square images keep square pixels; the longer
+    axis spans [-domain, domain] (odlstuff.geometry.image_space).
+    """
+
+    def _setup(self, geometry, domain, fbp_filter, fbp_freq) -> None:
+        space = geo.image_space(self.image_shape, _float_opt("domain", domain))
+        self.projector = geo.Projector(
+            space, geometry, impl=geo.astra_impl(self.device),
+            fbp_filter=_choice_opt("fbp_filter", fbp_filter, geo.FBP_FILTERS),
+            fbp_freq=_float_opt("fbp_freq", fbp_freq, high=1.0),
+        )
+        self.measurement_shape = self.projector.sino_shape
+
+    def _A(self, x):
+        return project(x, self.projector)
+
+    def _AT(self, y):
+        return backproject(y, self.projector)
+
+    def _pinv(self, y):
+        return fbp(y, self.projector)
+
+    def noise_std(self, y, level):
+        return level * y.abs().amax(dim=(1, 2, 3), keepdim=True)
+
+
+class ParallelBeamCT(_CT):
+    """Sparse-view parallel-beam CT: `views` angles over [0, pi)."""
+
+    name = "ct_parbeam"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W)
+        channels: int = 1,  # image channels
+        device: str | torch.device = "cpu",  # astra_cuda on CUDA, astra_cpu otherwise
+        views: int = 20,  # projection angles
+        det_count: int = geo.DET_COUNT,  # detector pixels
+        det_extent: float = geo.DET_EXTENT,  # detector half width
+        domain: float = geo.DOMAIN,  # image half width
+        fbp_filter: str = "Hann",  # FBP filter
+        fbp_freq: float = 0.9,  # FBP frequency scaling (paper: 0.9)
+    ):
+        super().__init__(image_shape, channels, device)
+        g = geo.parallel_geometry(_int_opt("views", views), (0.0, math.pi),
+                                  _int_opt("det_count", det_count), _float_opt("det_extent", det_extent))
+        self._setup(g, domain, fbp_filter, fbp_freq)
+
+
+class FanBeamCT(_CT):
+    """Fan-beam CT with a flat detector: `views` source positions over [0, 2 pi)."""
+
+    name = "ct_fanbeam"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W)
+        channels: int = 1,  # image channels
+        device: str | torch.device = "cpu",  # astra_cuda on CUDA, astra_cpu otherwise
+        views: int = 20,  # source positions
+        det_count: int = geo.DET_COUNT,  # detector pixels
+        det_extent: float = geo.DET_EXTENT,  # detector half width
+        domain: float = geo.DOMAIN,  # image half width
+        src_radius: float = geo.SRC_RADIUS,  # source to rotation centre
+        det_radius: float = geo.DET_RADIUS,  # rotation centre to detector
+        fbp_filter: str = "Hann",  # FBP filter
+        fbp_freq: float = 0.3,  # FBP frequency scaling (paper: 0.3)
+    ):
+        super().__init__(image_shape, channels, device)
+        g = geo.fan_geometry(_int_opt("views", views), _float_opt("src_radius", src_radius),
+                             _float_opt("det_radius", det_radius), _int_opt("det_count", det_count),
+                             _float_opt("det_extent", det_extent))
+        self._setup(g, domain, fbp_filter, fbp_freq)
+
+
+class LimitedAngleCT(_CT):
+    """Limited-angle parallel-beam CT: `views` angles over the wedge `angle_range` (radians)."""
+
+    name = "ct_lact"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W)
+        channels: int = 1,  # image channels
+        device: str | torch.device = "cpu",  # astra_cuda on CUDA, astra_cpu otherwise
+        views: int = 20,  # projection angles inside the wedge
+        angle_range: str | tuple[float, float] = "0,2.0944",  # 'lo,hi' radians; paper (0, 2 pi / 3)
+        det_count: int = geo.DET_COUNT,  # detector pixels
+        det_extent: float = geo.DET_EXTENT,  # detector half width
+        domain: float = geo.DOMAIN,  # image half width
+        fbp_filter: str = "Hann",  # FBP filter
+        fbp_freq: float = 0.9,  # FBP frequency scaling
+    ):
+        super().__init__(image_shape, channels, device)
+        g = geo.limited_angle_geometry(_int_opt("views", views), _range_opt("angle_range", angle_range),
+                                       _int_opt("det_count", det_count), _float_opt("det_extent", det_extent))
+        self._setup(g, domain, fbp_filter, fbp_freq)
+
+
+# --------------------------------------------------------------------------------------------
+# deblurring (circular convolution via FFT)
+
+
+class _Blur(Operator):
+    """Convolution with a k x k kernel (k odd, centred) and **circular** boundary handling.
+
+    A = F^-1 diag(K) F with K the FFT of the kernel wrapped onto the H x W grid (kernels larger
+    than the image wrap around, which is still exactly a circular convolution); AT uses conj(K),
+    so A and AT are exact adjoints. `pinv` is the Tikhonov/Wiener inverse
+    F^-1 conj(K) / (|K|^2 + pinv_eps) F.
+    """
+
+    def _setup(self, kernel: np.ndarray, pinv_eps) -> None:
+        self.pinv_eps = _float_opt("pinv_eps", pinv_eps)
+        k = kernel.shape[0]
+        h, w = self.image_shape
+        rows = (np.arange(k) - k // 2) % h
+        cols = (np.arange(k) - k // 2) % w
+        wrapped = np.zeros((h, w), dtype=np.float64)
+        np.add.at(wrapped, (rows[:, None], cols[None, :]), kernel)
+        self.kernel = torch.from_numpy(kernel.astype(np.float32)).to(self.device)  # (k, k), sums to 1
+        khat = torch.fft.rfft2(torch.from_numpy(wrapped))
+        self._khat = khat.to(torch.complex64).to(self.device)
+        self._wiener = (khat.conj() / (khat.abs() ** 2 + self.pinv_eps)).to(torch.complex64).to(self.device)
+
+    def _filter(self, x, spectrum):
+        return torch.fft.irfft2(torch.fft.rfft2(x) * spectrum, s=self.image_shape)
+
+    def _A(self, x):
+        return self._filter(x, self._khat)
+
+    def _AT(self, y):
+        return self._filter(y, self._khat.conj())
+
+    def _pinv(self, y):
+        return self._filter(y, self._wiener)
+
+    def norm(self, iters: int = 200, tol: float = 1e-6) -> float:
+        """Exact: max |K| over frequencies (1 for these normalised non-negative kernels)."""
+        return float(self._khat.abs().max())
+
+
+def _odd_kernel_size(value) -> int:
+    k = _int_opt("kernel_size", value)
+    if k % 2 == 0:
+        raise ValueError(f"option 'kernel_size' must be odd (centred kernel), got {value!r}")
+    return k
+
+
+class UniformDeblur(_Blur):
+    """Uniform (box) blur, kernel_size x kernel_size, circular boundary."""
+
+    name = "deblur_uniform"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W)
+        channels: int = 1,  # image channels (blurred independently)
+        device: str | torch.device = "cpu",  # device
+        kernel_size: int = 9,  # odd kernel width; paper uses 9 and 17
+        pinv_eps: float = 1e-3,  # Tikhonov regularisation of the Wiener pseudo-inverse
+    ):
+        super().__init__(image_shape, channels, device)
+        k = _odd_kernel_size(kernel_size)
+        self._setup(np.full((k, k), 1.0 / (k * k)), pinv_eps)
+
+
+class GaussianDeblur(_Blur):
+    """Gaussian blur exp(-r^2 / (2 sigma^2)) on a kernel_size x kernel_size support, normalised to sum 1."""
+
+    name = "deblur_gauss"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W)
+        channels: int = 1,  # image channels (blurred independently)
+        device: str | torch.device = "cpu",  # device
+        kernel_size: int = 9,  # odd support width
+        kernel_sigma: float = 3.0,  # standard deviation in pixels
+        pinv_eps: float = 1e-3,  # Tikhonov regularisation of the Wiener pseudo-inverse
+    ):
+        super().__init__(image_shape, channels, device)
+        k = _odd_kernel_size(kernel_size)
+        s = _float_opt("kernel_sigma", kernel_sigma)
+        r = np.arange(k) - k // 2
+        g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * s * s))
+        self._setup(g / g.sum(), pinv_eps)
+
+
+# --------------------------------------------------------------------------------------------
+# super-resolution, denoising, inpainting
+
+
+class SuperResolution(Operator):
+    """Average pooling by `factor` (H and W must be divisible by it).
+
+    AT(y) = nearest upsampling / factor^2; A AT = I / factor^2, so the exact pseudo-inverse
+    A^T (A A^T)^-1 is nearest upsampling, and A(pinv(y)) == y.
+    """
+
+    name = "super"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W), both divisible by factor
+        channels: int = 1,  # image channels
+        device: str | torch.device = "cpu",  # device
+        factor: int = 4,  # downsampling factor
+    ):
+        super().__init__(image_shape, channels, device)
+        self.factor = _int_opt("factor", factor)
+        h, w = self.image_shape
+        if h % self.factor or w % self.factor:
+            raise ValueError(f"super: image_shape {self.image_shape} is not divisible by option 'factor' "
+                             f"= {self.factor}")
+        self.measurement_shape = (h // self.factor, w // self.factor)
+
+    def _up(self, y):
+        return y.repeat_interleave(self.factor, dim=-2).repeat_interleave(self.factor, dim=-1)
+
+    def _A(self, x):
+        return F.avg_pool2d(x, self.factor)
+
+    def _AT(self, y):
+        return self._up(y) / self.factor**2
+
+    def _pinv(self, y):
+        return self._up(y)
+
+    def norm(self, iters: int = 200, tol: float = 1e-6) -> float:
+        """Exact: 1 / factor."""
+        return 1.0 / self.factor
+
+
+class Denoise(Operator):
+    """Identity forward model (denoising); A = AT = pinv = identity."""
+
+    name = "denoise"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W)
+        channels: int = 1,  # image channels
+        device: str | torch.device = "cpu",  # device
+    ):
+        super().__init__(image_shape, channels, device)
+
+    def _A(self, x):
+        return x.clone()
+
+    _AT = _pinv = _A
+
+    def norm(self, iters: int = 200, tol: float = 1e-6) -> float:
+        return 1.0
+
+
+class Inpaint(Operator):
+    """Pixel masking y = M x with a 0/1 mask M (1 = observed) shared by channels and batch.
+
+    mask 'box': a centred box of mask_fraction of the pixels is missing;
+    mask 'random': each pixel is missing with probability mask_fraction (seeded by mask_seed).
+    Measurements keep the image shape (zeros where missing); AT = pinv = multiplication by M.
+    Noise is added to the observed pixels only.
+    """
+
+    name = "inpaint"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W)
+        channels: int = 1,  # image channels
+        device: str | torch.device = "cpu",  # device
+        mask: str = "box",  # 'box' or 'random'
+        mask_fraction: float = 0.25,  # fraction of pixels missing, in (0, 1)
+        mask_seed: int = 0,  # seed of the random mask
+    ):
+        super().__init__(image_shape, channels, device)
+        kind = _choice_opt("mask", mask, ("box", "random"))
+        frac = _float_opt("mask_fraction", mask_fraction, high=1.0)
+        if frac >= 1.0:
+            raise ValueError(f"option 'mask_fraction' must be < 1, got {mask_fraction!r}")
+        h, w = self.image_shape
+        if kind == "box":
+            bh, bw = round(h * math.sqrt(frac)), round(w * math.sqrt(frac))
+            m = torch.ones(h, w)
+            m[(h - bh) // 2:(h - bh) // 2 + bh, (w - bw) // 2:(w - bw) // 2 + bw] = 0.0
+        else:
+            gen = torch.Generator().manual_seed(_int_opt("mask_seed", mask_seed, minimum=0))
+            m = (torch.rand(h, w, generator=gen) >= frac).float()
+        self.mask = m[None, None].to(self.device)  # (1, 1, H, W), 1 = observed
+
+    def _A(self, x):
+        return x * self.mask
+
+    _AT = _pinv = _A
+
+    def noise_std(self, y, level):
+        return level * self.mask
+
+    def norm(self, iters: int = 200, tol: float = 1e-6) -> float:
+        return float(self.mask.max())
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+OPERATORS: dict[str, type[Operator]] = {
+    "ct_parbeam": ParallelBeamCT,
+    "ct_fanbeam": FanBeamCT,
+    "ct_lact": LimitedAngleCT,
+    "deblur_uniform": UniformDeblur,
+    "deblur_gauss": GaussianDeblur,
+    "super": SuperResolution,
+    "denoise": Denoise,
+    "inpaint": Inpaint,
+}
+
+_BASE_ARGS = ("self", "image_shape", "channels", "device")
+
+
+def operator_options(name: str) -> dict[str, object]:
+    """The options of operator `name` with their defaults."""
+    if name not in OPERATORS:
+        raise ValueError(f"unknown operator {name!r}; valid names: {', '.join(OPERATORS)}")
+    params = inspect.signature(OPERATORS[name].__init__).parameters
+    return {k: p.default for k, p in params.items() if k not in _BASE_ARGS}
+
+
+def make_operator(
+    name: str,  # a key of OPERATORS
+    image_shape: tuple[int, int],  # (H, W)
+    channels: int = 1,  # image channels
+    device: str | torch.device = "cpu",  # device of images, measurements and operator data
+    **options,  # operator options (see operator_options(name))
+) -> Operator:
+    """Build operator `name`; unknown names or options raise ValueError listing the valid ones."""
+    valid = operator_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for operator {name!r}; "
+                         f"valid options: {', '.join(valid) or 'none'}")
+    return OPERATORS[name](image_shape, channels, device, **options)
