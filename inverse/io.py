@@ -1,0 +1,242 @@
+"""Read reconstruction inputs and write reconstruction results.
+
+Inputs are either ground-truth images (read by ``training.dataset.read_images``: each a
+``(C, H, W)`` float32 array in [0, 1]) from which measurements are simulated, or a directory of
+``.npy`` measurement arrays (no ground truth: reconstruct only).
+
+Every output file is written atomically through ``torch_utils.misc`` and never overwrites an
+existing file. Per image ``NAME``:
+
+- ``NAME_recon.png`` / ``NAME_recon.npy``: the PaDIS reconstruction. PNGs are **8-bit**
+  (grayscale ``L`` or ``RGB``) of the image clipped to [0, 1]; the ``.npy`` holds the full
+  float32 ``(C, H, W)`` array in [0, 1] (not clipped), so nothing is lost to quantisation.
+- ``NAME_measurement.npy``: the measurement ``y`` exactly as the operator returns it (batch
+  axis dropped), plus ``NAME_measurement.png``: the measurement clipped to [0, 1] for
+  image-domain problems, or the sinogram min-max scaled to [0, 1] for CT.
+- ``NAME_<baseline>.png`` / ``.npy`` for each baseline (``fbp``, ``tv``).
+
+Per run: ``metrics.csv``, ``summary.json`` and ``comparison.png`` (see ``ResultWriter``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from torch_utils import misc
+
+COMPARISON_MAX_ROWS = 8  # images shown in comparison.png
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs
+
+
+def read_ground_truth(path: str | Path, mat_key: str = "images", normalize: bool = False,
+                      max_images: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """Ground-truth images as ``[(name, (C, H, W) float32 in [0, 1])]`` (sorted by file).
+
+    Thin wrapper over ``training.dataset.read_images`` (the loader training uses), which gives
+    one clear error line naming the file for a missing/empty directory or unreadable data.
+    """
+    from training.dataset import read_images
+
+    return read_images(path, mat_key=mat_key, normalize=normalize, max_images=max_images)
+
+
+def list_measurement_files(path: str | Path) -> list[Path]:
+    """``.npy`` files of a measurement directory (or one ``.npy`` file), sorted by name."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"measurement path {path} does not exist")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".npy")
+        if not files:
+            raise FileNotFoundError(f"measurement directory {path} holds no .npy files")
+    bad = [p for p in files if p.suffix.lower() != ".npy"]
+    if bad:
+        raise ValueError(f"{bad[0]}: measurements must be .npy arrays")
+    return files
+
+
+def read_measurements(path: str | Path, measurement_shape: Sequence[int],
+                      max_images: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """Measurements as ``[(name, float32 array of measurement_shape)]``.
+
+    ``measurement_shape`` is the shape of one measurement: ``(C, *op.measurement_shape)``. An
+    array with an extra leading batch axis of length 1 is accepted and squeezed, and so is one
+    without the channel axis when C is 1. The
+    name is the file stem with a trailing ``_measurement`` removed, so the ``NAME_measurement.npy``
+    files of an earlier run can be fed back in. Errors name the file and the expected shape.
+    """
+    shape = tuple(int(s) for s in measurement_shape)
+    out = []
+    for file in list_measurement_files(path)[:max_images]:
+        try:
+            y = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{file}: cannot read as a .npy array ({exc})") from None
+        if y.ndim == len(shape) + 1 and y.shape[0] == 1:
+            y = y[0]
+        elif y.ndim == len(shape) - 1 and shape[0] == 1:
+            y = y[None]
+        if tuple(y.shape) != shape:
+            raise ValueError(f"{file}: measurement shape {tuple(y.shape)} does not match the operator's "
+                             f"measurement shape {shape} (check --problem, its options and --image-size)")
+        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+            raise ValueError(f"{file}: expected a real numeric array, got dtype {y.dtype}")
+        y = y.astype(np.float32)
+        if not np.isfinite(y).all():
+            raise ValueError(f"{file}: measurement contains NaN or Inf")
+        name = file.stem[: -len("_measurement")] if file.stem.endswith("_measurement") else file.stem
+        out.append((name, y))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Outputs
+
+
+def to_uint8(img: np.ndarray, scale: str = "clip") -> np.ndarray:
+    """``(C, H, W)`` or ``(H, W)`` float -> ``(H, W)`` or ``(H, W, C)`` uint8.
+
+    scale='clip' clips to [0, 1] (images); 'minmax' maps [min, max] to [0, 1] (sinograms and
+    other measurements not in image units).
+    """
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    if a.ndim != 2 and not (a.ndim == 3 and a.shape[-1] == 3):
+        raise ValueError(f"cannot view an array of shape {img.shape} as an image")
+    if scale == "minmax":
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    elif scale != "clip":
+        raise ValueError(f"unknown scale {scale!r}; expected 'clip' or 'minmax'")
+    return np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+
+
+def save_png(path: str | Path, img: np.ndarray, scale: str = "clip") -> Path:
+    """Write an 8-bit PNG atomically (never overwrites)."""
+    pil = Image.fromarray(to_uint8(img, scale))
+    return misc.atomic_write_with(path, lambda tmp: pil.save(tmp, format="PNG"))
+
+
+def save_npy(path: str | Path, arr: np.ndarray) -> Path:
+    """Write a ``.npy`` array atomically (never overwrites)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(arr))
+    return misc.atomic_write_with(path, write)
+
+
+def image_views(arr: np.ndarray) -> np.ndarray | None:
+    """Drop a batch axis and return something ``to_uint8`` can show, or None if not 2-D-like."""
+    a = np.asarray(arr)
+    while a.ndim > 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[0] in (1, 3)):
+        return a
+    return None
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """Mean and (population) std of the finite values, as plain floats; NaN if none."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return dict(mean=float("nan"), std=float("nan"), n=0)
+    return dict(mean=float(v.mean()), std=float(v.std()), n=int(v.size))
+
+
+class ResultWriter:
+    """Writes the files of one reconstruction run into ``run_dir`` (which must exist).
+
+    Per image: see the module docstring. Per run:
+    - ``metrics.csv``: one row per (image, method): ``image, method, psnr, ssim, seconds``
+      (PSNR in dB and SSIM with data range 1; empty without ground truth; seconds of wall time).
+    - ``summary.json``: per method mean and std of PSNR, SSIM and seconds per image, the number
+      of images, denoiser calls per image, and the run's config.
+    - ``comparison.png``: rows = the first ``COMPARISON_MAX_ROWS`` images, columns = ground
+      truth (if any) | each baseline | PaDIS, PSNR in the titles.
+    """
+
+    def __init__(self, run_dir: str | Path, sinogram: bool = False):
+        self.run_dir = Path(run_dir)
+        self.sinogram = sinogram  # CT: measurement PNG is a min-max scaled sinogram
+
+    def save_image(self, name: str, tag: str, img: np.ndarray) -> None:
+        """``NAME_tag.png`` (8-bit, clipped) and ``NAME_tag.npy`` (float32 (C, H, W))."""
+        img = np.asarray(img, dtype=np.float32)
+        save_npy(self.run_dir / f"{name}_{tag}.npy", img)
+        save_png(self.run_dir / f"{name}_{tag}.png", img, "clip")
+
+    def save_measurement(self, name: str, y: np.ndarray) -> None:
+        """``NAME_measurement.npy`` (as given) and a PNG view when ``y`` is 2-D-like."""
+        y = np.asarray(y, dtype=np.float32)
+        save_npy(self.run_dir / f"{name}_measurement.npy", y)
+        view = image_views(y)
+        if view is not None:
+            save_png(self.run_dir / f"{name}_measurement.png", view, "minmax" if self.sinogram else "clip")
+
+    def write_metrics(self, rows: list[dict]) -> Path:
+        """``metrics.csv`` from rows with keys image, method, psnr, ssim, seconds."""
+        buf = io.StringIO()
+        fields = ["image", "method", "psnr", "ssim", "seconds"]
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k)) for k in fields})
+        return misc.atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+    def write_summary(self, summary: dict) -> Path:
+        return misc.atomic_write_json(self.run_dir / "summary.json", summary)
+
+    def write_comparison(self, rows: list[dict], methods: Sequence[str]) -> Path | None:
+        """``comparison.png``. rows: ``dict(name, gt=(C,H,W)|None, images={method: (C,H,W)},
+        psnr={method: float|None})``; columns in the order ``methods`` (PaDIS last)."""
+        rows = rows[:COMPARISON_MAX_ROWS]
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        has_gt = any(r.get("gt") is not None for r in rows)
+        cols = (["ground truth"] if has_gt else []) + list(methods)
+        fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.4 * len(cols), 2.5 * len(rows)),
+                                 squeeze=False)
+        for i, r in enumerate(rows):
+            for j, col in enumerate(cols):
+                ax = axes[i, j]
+                ax.axis("off")
+                img = r.get("gt") if col == "ground truth" else r["images"].get(col)
+                if img is None:
+                    continue
+                u8 = to_uint8(img)
+                ax.imshow(u8, cmap="gray" if u8.ndim == 2 else None, vmin=0, vmax=255)
+                p = None if col == "ground truth" else r.get("psnr", {}).get(col)
+                title = col if p is None or not math.isfinite(p) else f"{col} {p:.2f} dB"
+                ax.set_title(f"{r['name']}\n{title}" if j == 0 else title, fontsize=8)
+        fig.tight_layout()
+        try:
+            return misc.atomic_write_with(self.run_dir / "comparison.png",
+                                          lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        finally:
+            plt.close(fig)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    return str(v)
