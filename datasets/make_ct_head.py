@@ -10,7 +10,7 @@ in [-1024, 2986].
 Processing (deterministic, no randomness):
 1. window HU -> [0, 1] linearly, ``clip((HU - hu_min) / (hu_max - hu_min), 0, 1)``, default
    [-1000, 2000] HU (``training.ct_window``): air is 0 so zero padding is black, water 1/3,
-   bone up to 2000 HU unclipped (only 0.005 % of the voxels lie above);
+   bone up to 2000 HU unclipped (only 0.01 % of the voxels lie above);
 2. orient upright: the stored rows run from the back of the head (head rest at the top) to the
    face, so rows are flipped to put the face at the top, as CT slices are usually shown;
 3. keep slices "with tissue": at least ``min_tissue`` (10 %) of the pixels above ``tissue_hu``
@@ -35,9 +35,11 @@ import hashlib
 import io
 import json
 import plistlib
+import re
 import tarfile
 import zipfile
 from pathlib import Path
+from xml.parsers.expat import ExpatError
 
 import click
 import numpy as np
@@ -101,7 +103,7 @@ def read_inv3(path: str | Path) -> tuple[np.ndarray, dict]:
                 meta = plistlib.loads(tar.extractfile(members["main.plist"]).read())
                 matrix = meta["matrix"]
                 fname, dtype, shape = matrix["filename"], np.dtype(matrix["dtype"]), tuple(matrix["shape"])
-            except (plistlib.InvalidFileException, KeyError, TypeError, ValueError) as e:
+            except (plistlib.InvalidFileException, ExpatError, KeyError, TypeError, ValueError) as e:
                 raise ValueError(
                     f"{path}: malformed main.plist (need matrix.filename/dtype/shape): {type(e).__name__}: {e}"
                 ) from None
@@ -136,6 +138,15 @@ def tissue_slices(hu: np.ndarray, tissue_hu: float = TISSUE_HU, min_fraction: fl
     return np.flatnonzero(fraction >= min_fraction)
 
 
+def effective_stride(n: int, stride: int = STRIDE, min_test: int = MIN_TEST) -> int:
+    """The stride split_indices uses for n slices: ``stride`` shrunk (not below 2) to hold out min_test."""
+    if n < 2 or stride < 2:
+        raise ValueError(f"need >= 2 tissue slices and stride >= 2 to split, got {n} and {stride}")
+    while stride > 2 and len(range(stride // 2, n, stride)) < min_test:
+        stride -= 1
+    return stride
+
+
 def split_indices(indices: np.ndarray, stride: int = STRIDE, min_test: int = MIN_TEST) -> tuple[np.ndarray, np.ndarray]:
     """Split slice indices into (train, test): test is every stride-th one, from stride // 2.
 
@@ -143,10 +154,7 @@ def split_indices(indices: np.ndarray, stride: int = STRIDE, min_test: int = MIN
     gets fewer slices than the test set. Disjoint, both sorted. ValueError for < 2 indices.
     """
     indices = np.asarray(indices)
-    if len(indices) < 2 or stride < 2:
-        raise ValueError(f"need >= 2 tissue slices and stride >= 2 to split, got {len(indices)} and {stride}")
-    while stride > 2 and len(range(stride // 2, len(indices), stride)) < min_test:
-        stride -= 1
+    stride = effective_stride(len(indices), stride, min_test)
     test_pos = np.arange(stride // 2, len(indices), stride)
     mask = np.zeros(len(indices), dtype=bool)
     mask[test_pos] = True
@@ -203,7 +211,8 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
     hu, meta = read_inv3(path)
     hu = orient_upright(hu)
     images = hu_to_unit(hu, hu_min, hu_max)  # (slices, H, W) float32 in [0, 1]
-    train, test = split_indices(tissue_slices(hu, tissue_hu, min_tissue), stride, min_test)
+    tissue = tissue_slices(hu, tissue_hu, min_tissue)
+    train, test = split_indices(tissue, stride, min_test)
     record = {
         "source": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                    "package": "invesalius-examples (Debian)", "name": meta.get("name"),
@@ -211,7 +220,8 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
         "window": {"hu_min": hu_min, "hu_max": hu_max, "map": "clip((HU - hu_min) / (hu_max - hu_min), 0, 1)"},
         "orientation": "rows flipped: face at the top",
         "tissue": {"hu": tissue_hu, "min_fraction": min_tissue},
-        "split": {"stride": stride, "min_test": min_test, "offset": "stride // 2 (stride shrinks if needed)"},
+        "split": {"stride": stride, "min_test": min_test, "used_stride": effective_stride(len(tissue), stride, min_test),
+                  "rule": "test = every used_stride-th tissue slice from position used_stride // 2"},
         "train_indices": train.tolist(),
         "test_indices": test.tolist(),
     }
@@ -221,7 +231,8 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
     write_pngs(out / "train", images[train], train, overwrite)
     write_pngs(out / "test", images[test], test, overwrite)
     write_npz(out / "test.npz", {"images": images[test], "slice_indices": test}, overwrite)
-    text = json.dumps(record, indent=2) + "\n"
+    text = re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]",
+                  json.dumps(record, indent=2)) + "\n"  # number lists on one line
     atomic_write_bytes(out / "split.json", text.encode(), overwrite=overwrite)
     if ship is not None:  # held-out slices only: small enough for the repository
         ship = Path(ship)
