@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 _RUN_RE = re.compile(r"^(\d{5})-")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def check_writable(outdir: str | os.PathLike) -> Path:
@@ -64,6 +66,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode
         if overwrite:
             os.replace(tmp, path)
         else:
