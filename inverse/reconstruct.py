@@ -1,0 +1,326 @@
+"""One reconstruction run over a directory: load, simulate or read y, solve, save, report.
+
+``run(cfg)`` is what ``inverse_nodist.py`` calls; ``cfg`` is the plain dict it builds (and
+writes to ``config.json``). Keys (all present; ``None`` means "library default"):
+
+    network        checkpoint path (torch_utils.persistence.load_network)
+    input          ground-truth image file or directory (exclusive with measurements)
+    measurements   .npy measurement file or directory (no ground truth: no metrics)
+    image_size     [H, W] or None: ground truth must have this size; required with measurements
+    mat_key, normalize, max_images   passed to the image reader
+    problem        key of inverse.operators.OPERATORS; problem_kwargs: its options
+    noise          measurement noise level passed to op.noise (0: none; see inverse.operators)
+    prior          'patch' | 'whole' | 'average'; pad, psize, stride, batch: its geometry
+    solver         key of inverse.samplers.SAMPLERS; solver_kwargs: its options
+    steps, sigma_min, sigma_max   EDM (rho 7) noise schedule (None: the solver's SCHEDULE_DEFAULTS)
+    baselines      list of keys of inverse.baselines.BASELINES; tv_weight, tv_iters
+    outdir, seed, device, progress
+
+Each image ``i`` (in sorted order) uses its own generator seeded with ``seed + i`` (noise
+simulation and solver), so one image can be reconstructed alone with the same result.
+Images are (1, C, H, W) float32 in [0, 1] on ``device``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r takes images r, r + world, ...; rank 0 makes the
+run directory, every rank writes its own per-image files, and rank 0 gathers the metrics and
+writes ``metrics.csv``, ``summary.json`` and ``comparison.png``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from inverse import io as rio
+from torch_utils import misc
+
+PADIS = "padis"  # method name of our reconstruction in metrics.csv / summary.json
+
+
+def _patch_prior(net, cfg):
+    from inverse.prior import PatchPrior
+    return PatchPrior(net, pad=cfg["pad"], psize=cfg["psize"], batch=cfg["batch"])
+
+
+def _whole_prior(net, cfg):
+    from inverse.prior import WholeImagePrior
+    return WholeImagePrior(net)
+
+
+def _average_prior(net, cfg):
+    from inverse.prior import OverlapAveragePrior
+    stride = cfg["stride"] if cfg["stride"] is not None else max(1, cfg["psize"] // 2)
+    return OverlapAveragePrior(net, psize=cfg["psize"], stride=stride, pad=cfg["pad"], batch=cfg["batch"])
+
+
+# --prior name -> builder(net, cfg). 'average' is the paper's overlapping-patch ablation.
+PRIOR_BUILDERS: dict[str, Callable] = {"patch": _patch_prior, "whole": _whole_prior,
+                                       "average": _average_prior}
+
+
+def accepted_kwargs(fn: Callable, options: dict) -> tuple[dict, list[str]]:
+    """Split ``options`` into those ``fn`` accepts (dropping None = "use fn's default") and the
+    names of set options it does not take."""
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    used, ignored = {}, []
+    for k, v in options.items():
+        if v is None:
+            continue
+        if takes_any or k in params:
+            used[k] = v
+        else:
+            ignored.append(k)
+    return used, ignored
+
+
+def build_prior(net: torch.nn.Module, cfg: dict):
+    if cfg["prior"] not in PRIOR_BUILDERS:
+        raise ValueError(f"unknown prior {cfg['prior']!r}; expected one of {sorted(PRIOR_BUILDERS)}")
+    return PRIOR_BUILDERS[cfg["prior"]](net, cfg)
+
+
+def check_prior_geometry(cfg: dict, shapes: set[tuple[int, int]]) -> None:
+    """Fail before any work if the patch grid cannot tile an image size (ValueError)."""
+    if cfg["prior"] == "patch":
+        from inverse.prior import check_grid
+        for h, w in sorted(shapes):
+            check_grid(h, w, cfg["pad"], cfg["psize"])
+
+
+def network_image_channels(net: torch.nn.Module) -> int:
+    """Image channels the denoiser works on (position channels excluded)."""
+    return int(getattr(net, "out_channels", None) or net.img_channels)
+
+
+def check_channels(images: list[tuple[str, np.ndarray]], channels: int, source: str) -> None:
+    for name, x in images:
+        if x.shape[0] != channels:
+            raise ValueError(f"{source}: image {name!r} has {x.shape[0]} channel(s) but the network "
+                             f"denoises {channels}-channel images (use matching data or another network)")
+
+
+def _distributed(device: str) -> tuple[int, int, str, bool]:
+    """(rank, world, device, we_initialised) under torchrun; (0, 1, device, False) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device, False
+    import torch.distributed as dist
+    if device.startswith("cuda") and ":" not in device:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    init = not dist.is_initialized()
+    if init:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, init
+
+
+def _gather(obj: Any, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _make_run_dir(cfg: dict, rank: int, world: int) -> Path:
+    desc = f"{cfg['problem']}-{cfg['solver']}"
+    run_dir = misc.new_run_dir(cfg["outdir"], desc) if rank == 0 else None
+    if world > 1:
+        import torch.distributed as dist
+        box = [str(run_dir) if run_dir else None]
+        dist.broadcast_object_list(box, src=0)
+        run_dir = Path(box[0])
+    return run_dir
+
+
+def _load_inputs(cfg: dict):
+    """(items, has_gt, shapes). items: [(name, array)]; arrays are (C, H, W) images or y."""
+    size = tuple(cfg["image_size"]) if cfg["image_size"] else None
+    if cfg["input"] is not None:
+        items = rio.read_ground_truth(cfg["input"], mat_key=cfg["mat_key"], normalize=cfg["normalize"],
+                                      max_images=cfg["max_images"])
+        if size is not None:
+            for name, x in items:
+                if tuple(x.shape[1:]) != size:
+                    raise ValueError(f"{cfg['input']}: image {name!r} is {x.shape[1]}x{x.shape[2]}, "
+                                     f"expected --image-size {size[0]}x{size[1]} (images are not resized)")
+        return items, True, {tuple(x.shape[1:]) for _, x in items}
+    if size is None:
+        raise ValueError("--image-size is required with --measurements (the size of the images to reconstruct)")
+    return None, False, {size}
+
+
+def resolve_schedule(cfg: dict) -> dict:
+    """steps / sigma_min / sigma_max of cfg, None filled from the solver's SCHEDULE_DEFAULTS."""
+    from inverse.samplers import SCHEDULE_DEFAULTS
+    defaults = SCHEDULE_DEFAULTS[cfg["solver"]]
+    return {k: cfg.get(k) if cfg.get(k) is not None else defaults[k] for k in ("steps", "sigma_min", "sigma_max")}
+
+
+def _seconds(fn: Callable, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def run(cfg: dict) -> dict:
+    """Reconstruct every input; write the run directory; return the summary dict."""
+    from inverse.baselines import BASELINES
+    from inverse.metrics import psnr, ssim
+    from inverse.operators import make_operator
+    from inverse.samplers import SAMPLERS, get_sigmas_karras
+    from torch_utils.persistence import load_network
+
+    cfg = dict(cfg)
+    if cfg["solver"] in SAMPLERS:
+        cfg.update(resolve_schedule(cfg))
+    for name in cfg["baselines"]:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
+    if cfg["solver"] not in SAMPLERS:
+        raise ValueError(f"unknown solver {cfg['solver']!r}; expected one of {sorted(SAMPLERS)}")
+    rank, world, dev_name, own_pg = _distributed(str(cfg["device"]))
+    device = torch.device(dev_name)
+    verbose = rank == 0 and cfg.get("progress", True)
+
+    # Inputs, network, prior and operators are all checked before the run directory exists.
+    items, has_gt, shapes = _load_inputs(cfg)
+    check_prior_geometry(cfg, shapes)
+    net = load_network(cfg["network"], device=device)
+    channels = network_image_channels(net)
+    if has_gt:
+        check_channels(items, channels, str(cfg["input"]))
+    prior = build_prior(net, cfg)
+    ops: dict[tuple[int, int], Any] = {}
+
+    def operator(shape: tuple[int, int]):
+        if shape not in ops:
+            ops[shape] = make_operator(cfg["problem"], shape, channels=channels, device=device,
+                                       **cfg["problem_kwargs"])
+        return ops[shape]
+
+    if not has_gt:
+        shape = next(iter(shapes))
+        items = rio.read_measurements(cfg["measurements"], (channels, *operator(shape).measurement_shape),
+                                      max_images=cfg["max_images"])
+    sampler = SAMPLERS[cfg["solver"]]
+    solver_kwargs, ignored = accepted_kwargs(sampler, cfg["solver_kwargs"])
+    if ignored and verbose:
+        print(f"note: solver {cfg['solver']} does not use option(s) {', '.join(sorted(ignored))}")
+    schedule = resolve_schedule(cfg)
+    sigmas = get_sigmas_karras(schedule["steps"], schedule["sigma_min"], schedule["sigma_max"], device=device)
+
+    run_dir = _make_run_dir(cfg, rank, world)
+    cfg["run_dir"] = str(run_dir)
+    if rank == 0:
+        misc.atomic_write_json(run_dir / "config.json", cfg)
+    writer = rio.ResultWriter(run_dir, sinogram=cfg["problem"].startswith("ct"))
+
+    rows, comp, calls, total_secs = [], [], [], []
+    mine = list(range(rank, len(items), world))
+    outer = tqdm(mine, desc="images", unit="img", disable=not verbose, position=0)
+    for index in outer:
+        name, arr = items[index]
+        shape = tuple(arr.shape[1:]) if has_gt else next(iter(shapes))
+        op = operator(shape)
+        gen = torch.Generator(device=device).manual_seed(cfg["seed"] + index)
+        t_start = time.perf_counter()
+        with torch.no_grad():
+            if has_gt:
+                x = torch.from_numpy(arr)[None].to(device)
+                y = op.A(x)
+                if cfg["noise"]:
+                    y = op.noise(y, cfg["noise"], gen)
+            else:
+                x = None
+                y = torch.from_numpy(arr)[None].to(device)
+        writer.save_measurement(name, y[0].detach().cpu().numpy())
+
+        results: dict[str, np.ndarray] = {}
+        secs: dict[str, float] = {}
+        for b in cfg["baselines"]:
+            kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))
+            with torch.no_grad():
+                xb, secs[b] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
+            results[b] = xb[0].detach().float().cpu().numpy()
+
+        bar = tqdm(total=len(sigmas), desc=name, unit="step", leave=False, disable=not verbose, position=1)
+        prior.reset_calls()
+        xr, secs[PADIS] = _seconds(lambda: sampler(prior, op, y, sigmas, gen, callback=lambda *_a, **_k: bar.update(1),
+                                                   **solver_kwargs), device)
+        bar.close()
+        calls.append(prior.calls)
+        results[PADIS] = xr[0].detach().float().cpu().numpy()
+
+        scores = {}
+        for method, img in results.items():
+            writer.save_image(name, "recon" if method == PADIS else method, img)
+            p = s = None
+            if has_gt:
+                p, s = float(psnr(img, arr)), float(ssim(img, arr))
+            scores[method] = p
+            rows.append(dict(index=index, image=name, method=method, psnr=p, ssim=s, seconds=secs[method]))
+        total_secs.append(time.perf_counter() - t_start)
+        if index < rio.COMPARISON_MAX_ROWS:
+            comp.append(dict(index=index, name=name, gt=arr if has_gt else None, images=results, psnr=scores))
+        if verbose and has_gt:
+            outer.set_postfix_str(f"{name}: PSNR {scores[PADIS]:.2f} dB")
+
+    gathered = _gather(dict(rows=rows, comp=comp, calls=calls, secs=total_secs), world)
+    summary = None
+    if rank == 0:
+        rows = sorted((r for g in gathered for r in g["rows"]), key=lambda r: r["index"])
+        comp = sorted((c for g in gathered for c in g["comp"]), key=lambda c: c["index"])
+        calls = [c for g in gathered for c in g["calls"]]
+        total_secs = [t for g in gathered for t in g["secs"]]
+        methods = list(cfg["baselines"]) + [PADIS]
+        summary = summarize(rows, methods, calls, total_secs, cfg, has_gt)
+        writer.write_metrics(rows)
+        writer.write_summary(summary)
+        writer.write_comparison(comp, methods)
+        if verbose:
+            print(format_table(summary))
+            print(f"results in {run_dir}")
+    if world > 1:
+        summary = _gather(summary, world)[0]
+        if own_pg:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+    return summary
+
+
+def summarize(rows: list[dict], methods: list[str], calls: list[int], total_secs: list[float],
+              cfg: dict, has_gt: bool) -> dict:
+    """summary.json content: per method mean/std of PSNR (dB), SSIM and seconds per image."""
+    per = {}
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        per[m] = dict(psnr=rio.mean_std([r["psnr"] for r in mine]) if has_gt else None,
+                      ssim=rio.mean_std([r["ssim"] for r in mine]) if has_gt else None,
+                      seconds_per_image=rio.mean_std([r["seconds"] for r in mine]))
+    return dict(n_images=len(total_secs), problem=cfg["problem"], solver=cfg["solver"],
+                prior=cfg["prior"], ground_truth=has_gt, methods=per,
+                denoiser_calls_per_image=rio.mean_std(calls),
+                seconds_per_image=rio.mean_std(total_secs), run_dir=cfg["run_dir"], config=cfg)
+
+
+def format_table(summary: dict) -> str:
+    """Plain-text table of a summary: method, PSNR, SSIM (mean +- std), seconds per image."""
+    lines = [f"{'method':<10} {'PSNR [dB]':>16} {'SSIM':>16} {'s/image':>9}"]
+    for m, s in summary["methods"].items():
+        def ms(d, f):
+            return "-" if not d or not d["n"] else f"{d['mean']:{f}} +- {d['std']:{f}}"
+        lines.append(f"{m:<10} {ms(s['psnr'], '.2f'):>16} {ms(s['ssim'], '.4f'):>16} "
+                     f"{s['seconds_per_image']['mean']:>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""Reconstruct a directory of images (or measurements) with a PaDIS patch prior.
+
+    python inverse_nodist.py --network net.safetensors --input data/test --problem ct_parbeam --views 20
+
+Parses and validates options, builds one config dict and calls ``inverse.reconstruct.run``.
+Exit codes: 2 usage errors, 1 failures (one line; the traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from inverse.operators import OPERATORS
+from inverse.reconstruct import PRIOR_BUILDERS
+from inverse.samplers import SAMPLERS
+
+# CLI option -> operator keyword argument (inverse.operators.operator_options)
+PROBLEM_OPTIONS = dict(views="views", angle_range="angle_range", detectors="det_count", kernel_size="kernel_size",
+                       kernel_sigma="kernel_sigma", factor="factor", mask="mask", mask_fraction="mask_fraction")
+SOLVER_OPTIONS = ("zeta", "inner", "eps", "dc_grad", "predictor", "eta", "lam", "cg_iters", "init")
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+def default_network() -> str | None:
+    """The one ``*.safetensors`` checkpoint shipped under checkpoints/, if there is exactly one."""
+    found = sorted(CHECKPOINTS.glob("*.safetensors")) if CHECKPOINTS.is_dir() else []
+    return str(found[0]) if len(found) == 1 else None
+
+
+def parse_size(ctx, param, value):
+    """'256' or '256,192' (H,W) -> [H, W]."""
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected S or H,W in pixels") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: expected S or H,W with positive sizes")
+    return parts * (3 - len(parts))
+
+
+def parse_baselines(ctx, param, value):
+    from inverse.baselines import BASELINES
+    names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+    bad = [n for n in names if n not in BASELINES]
+    if bad:
+        raise click.BadParameter(f"unknown baseline {bad[0]!r}; expected a comma list of "
+                                 f"{sorted(BASELINES)} or 'none'")
+    return list(dict.fromkeys(names))
+
+
+def check_network(value):
+    value = value or default_network()
+    if value is None:
+        raise click.UsageError("--network is required (no default checkpoint under checkpoints/)")
+    if not Path(value).is_file():
+        raise click.BadParameter(f"{value}: no such checkpoint file", param_hint="'--network'")
+    return value
+
+
+def problem_options(opts: dict) -> dict:
+    """Operator keyword arguments from the set problem options; one not taken by --problem is a usage error."""
+    from inverse.operators import operator_options
+    valid = operator_options(opts["problem"])
+    out = {}
+    for cli, key in PROBLEM_OPTIONS.items():
+        if opts[cli] is None:
+            continue
+        if key not in valid:
+            raise click.UsageError(f"--{cli.replace('_', '-')} does not apply to --problem {opts['problem']}")
+        out[key] = opts[cli]
+    return out
+
+
+def solver_options(opts: dict) -> dict:
+    """The set solver options; one that --solver does not take is a usage error."""
+    from inverse.samplers import sampler_options
+    valid = sampler_options(opts["solver"])
+    out = {}
+    for key in SOLVER_OPTIONS:
+        if opts[key] is None:
+            continue
+        if key not in valid:
+            raise click.UsageError(f"--{key.replace('_', '-')} does not apply to --solver {opts['solver']} "
+                                   f"(its options: {', '.join(valid)})")
+        out[key] = opts[key]
+    return out
+
+
+@click.command(context_settings=dict(show_default=True, help_option_names=["-h", "--help"]))
+@click.option("--network", help="Checkpoint (.safetensors/.json/.pkl) [default: the one under checkpoints/]")
+@click.option("--input", "input_", type=click.Path(exists=True), help="Ground-truth image file or directory")
+@click.option("--measurements", type=click.Path(exists=True), help="A .npy measurement file or directory (no ground truth)")
+@click.option("--problem", required=True, type=click.Choice(sorted(OPERATORS)), help="Forward model")
+@click.option("--solver", default="dds", type=click.Choice(sorted(SAMPLERS)), help="Inverse solver")
+@click.option("--prior", default="patch", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser")
+@click.option("--baseline", "baselines", default="fbp,tv", callback=parse_baselines, help="Comma list or 'none'")
+@click.option("--tv-weight", type=float, help="TV baseline weight [default: baseline's]")
+@click.option("--tv-iters", type=int, help="TV baseline iterations [default: baseline's]")
+@click.option("--outdir", default="out", type=click.Path(file_okay=False), help="Runs go to OUTDIR/NNNNN-<problem>-<solver>/")
+@click.option("--seed", default=0, type=int, help="Image i uses seed + i")
+@click.option("--device", default=None, help="[default: cuda if available, else cpu]")
+@click.option("--batch", type=click.IntRange(min=1), help="Max patches per network call [default: all]")
+@click.option("--pad", default=24, type=click.IntRange(min=0), help="Zero padding of the image, pixels")
+@click.option("--psize", default=56, type=click.IntRange(min=1), help="Patch size, pixels")
+@click.option("--stride", type=click.IntRange(min=1), help="Patch stride of --prior average [default: psize//2]")
+@click.option("--steps", type=click.IntRange(min=1), help="Noise levels [default: solver's; dds 20, ddnm 50, others 100]")
+@click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), help="Smallest noise level [default: 0.003]")
+@click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), help="Largest noise level [default: solver's; dds 1, others 10]")
+@click.option("--zeta", type=float, help="dps/langevin/pc data-consistency step [default: 0.3]")
+@click.option("--inner", type=click.IntRange(min=0), help="dps/langevin/pc inner iterations per level [default: dps/langevin 10, pc 1]")
+@click.option("--eps", type=float, help="dps/langevin/pc Langevin step alpha = eps*sigma^2 [default: 0.25]")
+@click.option("--dc-grad", type=click.Choice(["full", "x0"]), help="dps: gradient through the network or at D(x) [default: full]")
+@click.option("--predictor", type=click.Choice(["sde", "ode"]), help="pc predictor [default: sde]")
+@click.option("--eta", type=float, help="ddnm/dds renoise: 1 fresh noise, 0 deterministic [default: ddnm 0.85, dds 1]")
+@click.option("--lam", type=float, help="dds prior weight relative to ||A||^2 [default: 0.1]")
+@click.option("--cg-iters", type=click.IntRange(min=0), help="dds conjugate-gradient iterations per level [default: 5]")
+@click.option("--init", type=click.Choice(["pinv", "noise"]), help="Solver start [default: pinv]")
+@click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")
+@click.option("--angle-range", help="Limited-angle CT wedge 'lo,hi' in radians [default: operator's]")
+@click.option("--detectors", type=click.IntRange(min=1), help="CT: detector pixels [default: operator's, 512]")
+@click.option("--kernel-size", type=click.IntRange(min=1), help="Deblur: odd kernel side, pixels")
+@click.option("--kernel-sigma", type=float, help="Gaussian deblur: kernel std, pixels")
+@click.option("--factor", type=click.IntRange(min=1), help="Super-resolution factor")
+@click.option("--mask", type=click.Choice(["box", "random"]), help="Inpainting mask kind")
+@click.option("--mask-fraction", type=float, help="Inpainting: fraction of pixels missing")
+@click.option("--noise", type=click.FloatRange(min=0), help="Noise level: std in image units; CT: "
+              "fraction of max |sinogram| [default: 0.005 CT, 0.01 others]")
+@click.option("--image-size", callback=parse_size, help="S or H,W: images must have it (not resized); needed with --measurements")
+@click.option("--mat-key", default="images", help="Variable of .mat/.npz inputs")
+@click.option("--normalize", is_flag=True, help="Min-max scale inputs outside [0, 1]")
+@click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images")
+@click.option("--dry-run", is_flag=True, help="Print the config and exit")
+@click.option("--debug", is_flag=True, help="Show tracebacks")
+def main(input_, measurements, baselines, dry_run, debug, **opts):
+    """Reconstruct images from simulated (--input) or given (--measurements) data with PaDIS."""
+    if (input_ is None) == (measurements is None):
+        raise click.UsageError("give exactly one of --input (ground truth) or --measurements")
+    if measurements is not None and opts["image_size"] is None:
+        raise click.UsageError("--measurements needs --image-size (the size of the images to reconstruct)")
+    problem_kwargs = problem_options(opts)
+    cfg = dict(
+        network=check_network(opts["network"]), input=input_, measurements=measurements,
+        image_size=opts["image_size"], mat_key=opts["mat_key"], normalize=opts["normalize"],
+        max_images=opts["max_images"], problem=opts["problem"],
+        noise=opts["noise"] if opts["noise"] is not None else (0.005 if opts["problem"].startswith("ct") else 0.01),
+        problem_kwargs=problem_kwargs,
+        prior=opts["prior"], pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],
+        solver=opts["solver"], solver_kwargs=solver_options(opts),
+        steps=opts["steps"], sigma_min=opts["sigma_min"], sigma_max=opts["sigma_max"],
+        baselines=baselines, tv_weight=opts["tv_weight"], tv_iters=opts["tv_iters"],
+        outdir=opts["outdir"], seed=opts["seed"],
+        device=opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"),
+    )
+    if dry_run:
+        import json
+        click.echo(json.dumps(cfg, indent=2))
+        return
+    from inverse.reconstruct import run
+    try:
+        run(cfg)
+    except Exception as exc:
+        if debug:
+            raise
+        raise click.ClickException(str(exc) or type(exc).__name__) from None
+
+
+if __name__ == "__main__":
+    main()

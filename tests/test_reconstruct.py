@@ -1,0 +1,258 @@
+"""Reconstruction run, its CLI (inverse_nodist.py), result files and generate.py.
+
+Tiny position-aware network (build_network('tiny', 32, 1)), two 32 x 32 images, a few steps.
+Patch geometry for 32 px: pad 4, psize 12 (P = 3, 36 <= 3*12 <= 37).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import generate
+import inverse_nodist
+from inverse import io as rio
+from inverse.generate import edm_sample, make_grid, parse_int_list
+from inverse.samplers import SAMPLERS, sampler_options
+
+GEOM = ["--pad", "4", "--psize", "12"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict:
+    """A saved tiny grayscale network, two 32x32 grayscale PNGs, one RGB PNG, an empty dir."""
+    from torch_utils.persistence import save_network
+    from training.networks import build_network
+
+    root = tmp_path_factory.mktemp("recon")
+    torch.manual_seed(0)
+    net = build_network("tiny", img_resolution=32, image_channels=1).eval()
+    net_path = save_network(net, root / "tiny.safetensors")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    for k in range(2):
+        img = 0.5 + 0.4 * np.sin(xx / (3 + k)) * np.cos(yy / 4) + 0.05 * rng.standard_normal((32, 32))
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L").save(images / f"img{k}.png")
+    rgb = root / "rgb"
+    rgb.mkdir()
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB").save(rgb / "color.png")
+    empty = root / "empty"
+    empty.mkdir()
+    corrupt = root / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a checkpoint")
+    return dict(root=root, net=str(net_path), images=str(images), rgb=str(rgb), empty=str(empty),
+                corrupt=str(corrupt))
+
+
+def invoke(cli, args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def recon(assets, outdir, *extra):
+    args = ["--network", assets["net"], "--outdir", outdir, *GEOM, *extra]
+    if "--measurements" not in extra and "--input" not in extra:
+        args += ["--input", assets["images"]]
+    return invoke(inverse_nodist, args)
+
+
+def only_run_dir(outdir: Path) -> Path:
+    (run_dir,) = [p for p in Path(outdir).iterdir() if p.is_dir()]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_writes_every_file_and_new_run_dirs(assets, tmp_path):
+    args = ["--problem", "deblur_gauss", "--kernel-size", "5", "--kernel-sigma", "1.5", "--solver", "dds",
+            "--steps", "2", "--baseline", "fbp,tv", "--tv-iters", "5", "--seed", "3"]
+    res = recon(assets, tmp_path, *args)
+    assert res.exit_code == 0, res.output
+    run_dir = only_run_dir(tmp_path)
+    assert run_dir.name == "00000-deblur_gauss-dds"
+    for name in ("img0", "img1"):
+        for tag in ("recon", "fbp", "tv", "measurement"):
+            for ext in ("png", "npy"):
+                assert (run_dir / f"{name}_{tag}.{ext}").is_file(), f"{name}_{tag}.{ext}"
+        rec = np.load(run_dir / f"{name}_recon.npy")
+        assert rec.shape == (1, 32, 32) and rec.dtype == np.float32 and np.isfinite(rec).all()
+        assert Image.open(run_dir / f"{name}_recon.png").mode == "L"
+    for f in ("metrics.csv", "summary.json", "comparison.png", "config.json"):
+        assert (run_dir / f).is_file(), f
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [(r["image"], r["method"]) for r in rows] == [
+        (n, m) for n in ("img0", "img1") for m in ("fbp", "tv", "padis")]
+    assert all(float(r["psnr"]) > 0 and -1 <= float(r["ssim"]) <= 1 for r in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["n_images"] == 2 and set(summary["methods"]) == {"fbp", "tv", "padis"}
+    assert summary["methods"]["padis"]["psnr"]["n"] == 2
+    assert summary["denoiser_calls_per_image"]["mean"] == 2
+    assert summary["config"]["seed"] == 3
+    assert json.loads((run_dir / "config.json").read_text())["problem"] == "deblur_gauss"
+
+    # A second identical run gets a new directory and repeats the numbers (seeded per image).
+    res2 = recon(assets, tmp_path, *args)
+    assert res2.exit_code == 0, res2.output
+    second = Path(tmp_path) / "00001-deblur_gauss-dds"
+    assert second.is_dir()
+    np.testing.assert_allclose(np.load(second / "img1_recon.npy"), np.load(run_dir / "img1_recon.npy"),
+                               atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_ct_with_reduced_detector(assets, tmp_path):
+    res = recon(assets, tmp_path, "--problem", "ct_parbeam", "--views", "8", "--detectors", "48",
+                "--steps", "2", "--baseline", "fbp", "--max-images", "1")
+    assert res.exit_code == 0, res.output
+    run_dir = only_run_dir(tmp_path)
+    y = np.load(run_dir / "img0_measurement.npy")
+    assert y.shape == (1, 8, 48)
+    assert np.asarray(Image.open(run_dir / "img0_measurement.png")).shape == (8, 48)
+    assert not (run_dir / "img1_recon.npy").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", sorted(SAMPLERS))
+def test_each_solver_reachable_from_cli(assets, tmp_path, solver):
+    inner = ["--inner", "1"] if "inner" in sampler_options(solver) else []
+    res = recon(assets, tmp_path, "--problem", "denoise", "--noise", "0.05", "--solver", solver,
+                "--steps", "2", *inner, "--baseline", "none", "--max-images", "1")
+    assert res.exit_code == 0, res.output
+    run_dir = only_run_dir(tmp_path)
+    assert np.isfinite(np.load(run_dir / "img0_recon.npy")).all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["solver"] == solver and list(summary["methods"]) == ["padis"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prior", ["whole", "average"])
+def test_other_priors(assets, tmp_path, prior):
+    res = recon(assets, tmp_path, "--problem", "denoise", "--prior", prior, "--stride", "6", "--steps", "2",
+                "--baseline", "none", "--max-images", "1")
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.slow
+def test_measurements_mode(assets, tmp_path):
+    from inverse.operators import make_operator
+
+    op = make_operator("super", (32, 32), factor=2)
+    meas = tmp_path / "meas"
+    meas.mkdir()
+    for k in range(2):
+        y = op.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(k)))
+        np.save(meas / f"scan{k}_measurement.npy", y[0].numpy())
+    out = tmp_path / "out"
+    res = recon(assets, out, "--measurements", meas, "--image-size", "32", "--problem", "super",
+                "--factor", "2", "--steps", "2", "--baseline", "fbp")
+    assert res.exit_code == 0, res.output
+    run_dir = only_run_dir(out)
+    assert (run_dir / "scan1_recon.npy").is_file() and (run_dir / "scan0_fbp.png").is_file()
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert len(rows) == 4 and all(r["psnr"] == "" for r in rows)
+    assert json.loads((run_dir / "summary.json").read_text())["ground_truth"] is False
+
+    # Wrong shape for the operator: one line naming the file and both shapes.
+    res = recon(assets, tmp_path / "out2", "--measurements", meas, "--image-size", "32", "--problem", "super",
+                "--factor", "4", "--steps", "2")
+    assert res.exit_code == 1
+    assert "scan0_measurement.npy" in res.output and "(1, 8, 8)" in res.output
+
+
+def one_line_error(res, code, *needles):
+    assert res.exit_code == code, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1, res.output
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in lines[0], res.output
+
+
+def test_bad_inputs_give_one_clear_line(assets, tmp_path):
+    base = ["--problem", "denoise", "--steps", "2", "--baseline", "none"]
+    missing = tmp_path / "nope"
+    one_line_error(recon(assets, tmp_path, *base, "--input", missing), 2, "nope")
+    one_line_error(recon(assets, tmp_path, *base, "--input", assets["empty"]), 1, "empty")
+    one_line_error(recon(assets, tmp_path, *base, "--input", assets["rgb"]), 1, "color", "channel")
+    res = invoke(inverse_nodist, ["--network", assets["net"], "--input", assets["images"], "--outdir", tmp_path,
+                                  "--pad", "8", "--psize", "16", *base])
+    one_line_error(res, 1, "psize", "valid")
+    res = invoke(inverse_nodist, ["--network", tmp_path / "none.safetensors", "--input", assets["images"], *base])
+    one_line_error(res, 2, "none.safetensors")
+    res = invoke(inverse_nodist, ["--network", assets["corrupt"], "--input", assets["images"], "--outdir", tmp_path,
+                                  *GEOM, *base])
+    one_line_error(res, 1, "corrupt.safetensors")
+    one_line_error(recon(assets, tmp_path, *base, "--input", assets["images"], "--measurements", assets["images"]),
+                   2, "exactly one")
+    res = invoke(inverse_nodist, ["--network", assets["net"], *base])
+    one_line_error(res, 2, "exactly one")
+    one_line_error(recon(assets, tmp_path, "--problem", "nosuch"), 2, "ct_parbeam", "denoise")
+    one_line_error(recon(assets, tmp_path, *base, "--views", "4"), 2, "--views")
+    one_line_error(recon(assets, tmp_path, *base, "--lam", "0.5", "--solver", "dps"), 2, "--lam")
+    # Nothing was written by any failing run.
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name[:5].isdigit()]
+
+
+def test_dry_run_prints_config(assets, tmp_path):
+    res = recon(assets, tmp_path, "--problem", "ct_lact", "--views", "10", "--dry-run")
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(res.output)
+    assert cfg["problem_kwargs"] == {"views": 10} and cfg["solver"] == "dds" and cfg["noise"] == 0.005
+    assert not any(tmp_path.iterdir())
+
+
+def test_read_measurements_checks_shape(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((1, 1, 8, 9), np.float32))
+    assert rio.read_measurements(tmp_path, (1, 8, 9))[0][1].shape == (1, 8, 9)
+    with pytest.raises(ValueError, match="a.npy.*measurement shape"):
+        rio.read_measurements(tmp_path, (1, 8, 8))
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
+        rio.read_measurements(tmp_path / "missing", (1, 8, 8))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty holds no .npy"):
+        rio.read_measurements(tmp_path / "empty", (1, 8, 8))
+
+
+def test_writer_never_overwrites(tmp_path):
+    w = rio.ResultWriter(tmp_path)
+    w.save_image("x", "recon", np.zeros((1, 4, 4)))
+    with pytest.raises(FileExistsError):
+        w.save_image("x", "recon", np.ones((1, 4, 4)))
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "stochastic"])
+def test_edm_sample_converges_to_constant_denoiser(method):
+    # D(x, sigma) = 0.5 everywhere: the ODE ends exactly at 0.5 for every start.
+    prior = lambda x, sigma, generator: torch.full_like(x, 0.5)
+    sigmas = torch.tensor([10.0, 2.0, 0.5, 0.01])
+    x = edm_sample(prior, (2, 1, 8, 6), sigmas, torch.Generator().manual_seed(0), method=method)
+    torch.testing.assert_close(x, torch.full_like(x, 0.5))
+
+
+def test_grid_and_seed_parsing():
+    assert make_grid(np.zeros((5, 1, 4, 3)), gap=1).shape == (1, 2 * 5 - 1, 3 * 4 - 1)
+    assert parse_int_list("0-2,7") == [0, 1, 2, 7]
+    with pytest.raises(ValueError):
+        parse_int_list("a-b")
+
+
+@pytest.mark.slow
+def test_generate_writes_grid(assets, tmp_path):
+    res = invoke(generate, ["--network", assets["net"], "--seeds", "0-2", "--size", "32", *GEOM,
+                            "--steps", "2", "--outdir", tmp_path])
+    assert res.exit_code == 0, res.output
+    run_dir = only_run_dir(tmp_path)
+    assert run_dir.name == "00000-generate-32x32"
+    samples = np.load(run_dir / "samples.npy")
+    assert samples.shape == (3, 1, 32, 32) and samples.min() >= 0 and samples.max() <= 1
+    assert not np.allclose(samples[0], samples[1])
+    assert np.asarray(Image.open(run_dir / "grid.png")).shape == (2 * 34 - 2, 2 * 34 - 2)
+    one_line_error(invoke(generate, ["--network", assets["net"], "--size", "32", "--pad", "8", "--psize", "16",
+                                     "--outdir", tmp_path]), 1, "psize")
