@@ -154,8 +154,10 @@ class PatchPrior(_PriorBase):
         self.psize = int(psize)
 
     def draw_offset(self, generator: torch.Generator | None) -> tuple[int, int]:
-        """Grid offset (a, b), each uniform in [0, pad-1]."""
-        a, b = torch.randint(0, self.pad, (2,), generator=generator).tolist()
+        """Grid offset (a, b), each uniform in [0, pad-1], drawn on the generator's device."""
+        if generator is None:
+            raise ValueError("PatchPrior needs a torch.Generator to draw the grid offset (no global RNG)")
+        a, b = torch.randint(0, self.pad, (2,), generator=generator, device=generator.device).tolist()
         return a, b
 
     def __call__(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None,

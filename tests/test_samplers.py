@@ -1,0 +1,202 @@
+import math
+
+import pytest
+import torch
+
+from inverse.prior import PatchPrior
+from inverse.samplers import (
+    SAMPLERS,
+    SCHEDULE_DEFAULTS,
+    conjugate_gradient,
+    get_sigmas_karras,
+    operator_norm,
+    renoise,
+    residual_norm,
+    sampler_options,
+)
+
+H = W = 16
+
+
+class MatrixOp:
+    """y = M vec(x): a small dense operator for tests (the registry operators live elsewhere).
+
+    ``exact=True``: pixel masking, pinv = Aᵀ (exact pseudo-inverse since A Aᵀ = I).
+    ``exact=False``: 3x3 box blur then masking, pinv = Aᵀ / ||A||² (a crude back-projection,
+    inexact like FBP).
+    """
+
+    def __init__(self, exact: bool, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        n = H * W
+        keep = torch.randperm(n, generator=g)[: int(0.6 * n)].sort().values
+        m = torch.eye(n)
+        if not exact:
+            basis = torch.eye(n).reshape(n, 1, H, W)
+            blur = torch.nn.functional.conv2d(basis, torch.full((1, 1, 3, 3), 1 / 9), padding=1)
+            m = blur.reshape(n, n).T  # column j = blur of basis image j
+        self.M = m[keep]
+        self.exact = exact
+        self._norm = float(torch.linalg.matrix_norm(self.M, ord=2))
+
+    def A(self, x):
+        return x.reshape(x.shape[0], -1) @ self.M.T
+
+    def AT(self, y):
+        return (y @ self.M).reshape(y.shape[0], 1, H, W)
+
+    def pinv(self, y):
+        return self.AT(y) if self.exact else self.AT(y) / self._norm ** 2
+
+    def norm(self):
+        return self._norm
+
+
+class NoNormOp:
+    """The blur operator without ``norm()``: operator_norm falls back to a power iteration."""
+
+    def __init__(self):
+        inner = MatrixOp(exact=False)
+        self.A, self.AT = inner.A, inner.AT
+
+
+def truth(batch: int = 2) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
+    img = 0.3 + 0.4 * xx * (1 - yy) + 0.25 * ((xx - 0.5) ** 2 + (yy - 0.4) ** 2 < 0.08)
+    return torch.stack([img, img.flip(1)])[:batch, None]
+
+
+FAST = dict(dps=dict(inner=2), langevin=dict(inner=2), pc=dict(inner=1), ddnm={}, dds={})
+
+
+def run(name, prior, op, y, seed=0, steps=6, sigma_max=1.0, **kw):
+    sigmas = get_sigmas_karras(steps, 0.01, sigma_max)
+    return SAMPLERS[name](prior, op, y, sigmas, torch.Generator().manual_seed(seed), **{**FAST[name], **kw})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a loaded shared machine two threads make
+    these tests 50x slower (spin-waiting); restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def prior(tiny_patch_net):
+    return PatchPrior(tiny_patch_net, pad=4, psize=10)
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["mask", "blur"])
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_sampler_reduces_residual_and_is_deterministic(name, exact, prior):
+    op = MatrixOp(exact)
+    y = op.A(truth())
+    start = op.pinv(y) + 1.0 * torch.randn(y.shape[0], 1, H, W, generator=torch.Generator().manual_seed(0))
+    x = run(name, prior, op, y)
+    assert x.shape == (2, 1, H, W) and x.min() >= 0 and x.max() <= 1
+    res = residual_norm(op, y, x)
+    assert (res < 0.5 * residual_norm(op, y, start)).all(), (name, res)
+    if not exact and name in ("ddnm", "dds"):  # x0-space solvers beat the crude back-projection
+        assert (res < residual_norm(op, y, op.pinv(y))).all(), (name, res)
+    assert torch.equal(x, run(name, prior, op, y))
+    assert not torch.equal(x, run(name, prior, op, y, seed=1))
+
+
+def test_ddnm_exact_pinv_is_data_consistent(prior):
+    op = MatrixOp(exact=True)
+    y = op.A(truth())
+    x = run("ddnm", prior, op, y)
+    assert residual_norm(op, y, x).max() < 1e-4 * y.norm()
+
+
+def test_dps_dc_grad_modes_and_calls(prior):
+    op = MatrixOp(exact=False)
+    y = op.A(truth(1))
+    prior.reset_calls()
+    full = run("dps", prior, op, y, steps=3, inner=2, dc_grad="full")
+    assert prior.calls == 3 * 2
+    x0 = run("dps", prior, op, y, steps=3, inner=2, dc_grad="x0")
+    assert not torch.equal(full, x0)
+    with pytest.raises(ValueError, match="dc_grad"):
+        run("dps", prior, op, y, dc_grad="nope")
+
+
+def test_callback_once_per_level(prior):
+    op = MatrixOp(exact=True)
+    y = op.A(truth(1))
+    for name in SAMPLERS:
+        seen = []
+        run(name, prior, op, y, steps=4, callback=seen.append)
+        assert [d["i"] for d in seen] == [0, 1, 2, 3], name
+        assert set(seen[0]) == {"i", "sigma", "x", "x0"}
+        assert seen[0]["sigma"] == pytest.approx(1.0) and seen[-1]["sigma"] == pytest.approx(0.01)
+
+
+def test_non_finite_raises_with_step():
+    op = MatrixOp(exact=True)
+    y = op.A(truth(1))
+    nan_prior = lambda x, sigma, generator: x * math.nan
+    for name in SAMPLERS:
+        with pytest.raises(FloatingPointError, match="step 0"):
+            run(name, nan_prior, op, y)
+
+
+def test_x_init_and_init_noise(prior):
+    op = MatrixOp(exact=True)
+    y = op.A(truth(1))
+    x_init = torch.full((1, 1, H, W), 0.5)
+    a = run("dds", prior, op, y, x_init=x_init)
+    b = run("dds", prior, op, y, init="noise")
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="init"):
+        run("dds", prior, op, y, init="zeros")
+    with pytest.raises(ValueError, match="Generator"):
+        SAMPLERS["dds"](prior, op, y, get_sigmas_karras(3), None)
+
+
+def test_default_schedule_and_options():
+    assert set(SAMPLERS) == {"dps", "langevin", "pc", "ddnm", "dds"} == set(SCHEDULE_DEFAULTS)
+    assert sampler_options("dps") == dict(zeta=0.3, inner=10, eps=0.25, dc_grad="full", init="pinv")
+    assert sampler_options("dds")["cg_iters"] == 5
+    with pytest.raises(ValueError, match="dds"):
+        sampler_options("ddim")
+
+
+def test_karras_schedule():
+    s = get_sigmas_karras(100, 0.003, 10.0)
+    assert s.shape == (100,) and s.dtype == torch.float32
+    assert s[0].item() == pytest.approx(10.0) and s[-1].item() == pytest.approx(0.003)
+    assert (s[1:] < s[:-1]).all()
+    z = get_sigmas_karras(5, 0.01, 1.0, append_zero=True)
+    assert z.shape == (6,) and z[-1] == 0 and z[-2].item() == pytest.approx(0.01)
+    # rho = 7 puts most levels at low noise
+    assert (s < 1).sum() > 50
+    assert get_sigmas_karras(1, 0.1, 2.0).tolist() == [2.0]
+    with pytest.raises(ValueError):
+        get_sigmas_karras(0)
+    with pytest.raises(ValueError):
+        get_sigmas_karras(5, 1.0, 0.5)
+
+
+def test_conjugate_gradient_solves_spd_batch():
+    g = torch.Generator().manual_seed(0)
+    mats = torch.randn(2, 6, 6, generator=g)
+    spd = mats @ mats.transpose(1, 2) + torch.eye(6)
+    rhs = torch.randn(2, 1, 2, 3, generator=g)
+    apply = lambda v: (spd @ v.reshape(2, 6, 1)).reshape(v.shape)
+    x = conjugate_gradient(apply, rhs, torch.zeros_like(rhs), 12)
+    torch.testing.assert_close(apply(x), rhs, atol=1e-4, rtol=1e-4)
+
+
+def test_operator_norm_power_iteration_and_renoise():
+    op = NoNormOp()
+    like = torch.zeros(1, 1, H, W)
+    est, true = operator_norm(op, like), MatrixOp(exact=False).norm()
+    assert 0.97 * true < est <= true * (1 + 1e-5)  # power iteration approaches from below
+    x0, x, x0_hat = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    det = renoise(x0, x, x0_hat, 2.0, 1.0, 0.0, torch.Generator())
+    torch.testing.assert_close(det, torch.full_like(x, 0.5))  # eta 0: keeps eps_hat, scaled
+    assert torch.equal(renoise(x0, x, x0_hat, 2.0, 0.0, 1.0, torch.Generator()), x0)
