@@ -1,0 +1,442 @@
+"""torch_utils.persistence: safetensors + JSON and EDM-layout pickles; the safe loader never
+runs code from a file (checked with marker files that a hostile payload would create)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import subprocess
+import time
+import types
+import warnings
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from dnnlib.util import EasyDict
+from torch_utils import persistence
+from torch_utils.persistence import CheckpointError, load_network, load_snapshot, save_network, save_pickle
+from training.networks import build_network
+from training.patch_loss import PatchEDMLoss
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny forwards are fastest on one thread on a shared machine; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _probe(net: torch.nn.Module) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 1, 8, 8, generator=g)
+    pos = torch.rand(2, 2, 8, 8, generator=g) * 2 - 1
+    with torch.no_grad():
+        return net(x, torch.tensor([0.2, 3.0]), pos)
+
+
+def _assert_same_net(loaded: torch.nn.Module, ref: torch.nn.Module, outputs: bool = False) -> None:
+    """Same class, eval mode, frozen, identical tensors; with ``outputs`` also identical outputs."""
+    assert type(loaded) is type(ref)
+    assert not loaded.training
+    assert not any(p.requires_grad for p in loaded.parameters())
+    ref_state, state = ref.state_dict(), loaded.state_dict()
+    assert list(state) == list(ref_state)
+    assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+    if outputs:
+        assert torch.equal(_probe(loaded), _probe(ref))
+
+
+# ----------------------------------------------------------------------------------------
+# A hand-written EDM-layout writer, independent of save_pickle: what the published
+# network-snapshot-*.pkl files look like (class names of Patch-Diffusion, published kwargs,
+# numpy scalars in states, ModuleDict, tensors through torch.storage._load_from_bytes).
+
+EDM_NAMES = {"PatchEDMPrecond": "Patch_EDMPrecond"}
+
+
+class _EDMStyleWriter(pickle.Pickler):
+    def __init__(self, file, module_src: str, top_kwargs: dict):
+        super().__init__(file, protocol=4)
+        self.module_src = module_src
+        self.top_kwargs = top_kwargs
+
+    def reducer_override(self, obj):
+        if not isinstance(obj, torch.nn.Module) or isinstance(obj, torch.nn.ModuleDict):
+            return NotImplemented
+        state = dict(obj.__dict__)
+        is_top = hasattr(obj, "init_kwargs")
+        state["_init_args"] = ()
+        state["_init_kwargs"] = dict(self.top_kwargs) if is_top else {}
+        meta = dict(type="class", version=6, module_src=self.module_src,
+                    class_name=EDM_NAMES.get(type(obj).__name__, type(obj).__name__), state=state)
+        return persistence._reconstruct_persistent_obj, (meta,)
+
+
+def _published_kwargs(net) -> dict:
+    """The network's kwargs in the published style (img_channels counts the position channels)."""
+    kw = dict(net.init_kwargs)
+    del kw["sigma_min"], kw["sigma_max"], kw["sigma_data"]  # published pickles use the defaults
+    kw["dropout"] = np.float64(kw["dropout"])  # numpy scalars occur in real kwargs
+    return kw
+
+
+def _write_edm_pickle(path, net, marker, top_kwargs=None, extra=None) -> bytes:
+    src = (f"import pathlib\npathlib.Path({str(marker)!r}).write_text('module_src was executed')\n"
+           "import os\nos.system('touch ' + " + repr(str(marker) + ".sh") + ")\n")
+    snapshot = dict(ema=net, loss_fn=None, augment_pipe=None,
+                    dataset_kwargs=EasyDict(class_name="training.dataset.ImageFolderDataset", path="/data",
+                                            xflip=np.bool_(False), resolution=np.int64(32)),
+                    **(extra or {}))
+    buf = io.BytesIO()
+    _EDMStyleWriter(buf, src, top_kwargs if top_kwargs is not None else _published_kwargs(net)).dump(snapshot)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def _no_side_effect(marker) -> None:
+    assert not os.path.exists(marker)
+    assert not os.path.exists(str(marker) + ".sh")
+
+
+class _RecordingUnpickler(persistence.SafeUnpickler):
+    def __init__(self, file, source):
+        super().__init__(file, source)
+        self.seen = set()
+
+    def find_class(self, module, name):
+        self.seen.add(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _globals_of(data: bytes) -> set[str]:
+    u = _RecordingUnpickler(io.BytesIO(data), "x.pkl")
+    u.load()
+    return u.seen
+
+
+# ----------------------------------------------------------------------------------------
+# safetensors + JSON
+
+
+def test_safetensors_round_trip(tmp_path, tiny_patch_net):
+    path = save_network(tiny_patch_net, tmp_path / "net.safetensors", extra={"step": 12, "kimg": 0.5})
+    assert path == tmp_path / "net.safetensors"
+    record = json.loads((tmp_path / "net.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert record["class_name"] == "PatchEDMPrecond"
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert record["num_parameters"] == sum(p.numel() for p in tiny_patch_net.parameters())
+    assert record["extra"] == {"step": 12, "kimg": 0.5}
+    for p in (path, tmp_path / "net.json"):
+        net = load_network(p)
+        _assert_same_net(net, tiny_patch_net, outputs=p.suffix == ".json")
+        assert net.init_kwargs == tiny_patch_net.init_kwargs | {"resample_filter": [1, 1],
+                                                               "channel_mult": [1, 2], "attn_resolutions": []}
+        assert net.init_kwargs["sigma_max"] == math.inf
+    assert persistence.network_summary(net)["num_parameters"] == record["num_parameters"]
+
+
+def test_safetensors_metadata_alone_suffices(tmp_path, tiny_patch_net):
+    path = save_network(tiny_patch_net, tmp_path / "net.safetensors")
+    (tmp_path / "net.json").unlink()
+    _assert_same_net(load_network(path, expected_sha256=hashlib.sha256(path.read_bytes()).hexdigest()),
+                     tiny_patch_net)
+
+
+def test_save_never_overwrites(tmp_path, tiny_patch_net):
+    save_network(tiny_patch_net, tmp_path / "net.safetensors")
+    with pytest.raises(FileExistsError, match="net.safetensors"):
+        save_network(tiny_patch_net, tmp_path / "net.safetensors")
+    save_network(tiny_patch_net, tmp_path / "net.safetensors", overwrite=True)
+    save_pickle(tmp_path / "net.pkl", dict(ema=tiny_patch_net))
+    with pytest.raises(FileExistsError, match="net.pkl"):
+        save_pickle(tmp_path / "net.pkl", dict(ema=tiny_patch_net))
+    with pytest.raises(ValueError, match="safetensors"):
+        save_network(tiny_patch_net, tmp_path / "net.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.json", "net.pkl", "net.safetensors"]
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, 0.1 + 0.2, 1e-300, 5e-324, 2.0 ** 60 + 1])
+def test_json_floats_round_trip_exactly(value):
+    text = persistence.dumps_json({"v": value, "nested": [value, {"w": value}]})
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    back = persistence.loads_json(text)
+    assert back["v"] == value and back["nested"][1]["w"] == value and type(back["v"]) is type(value)
+    assert math.isnan(persistence.loads_json(persistence.dumps_json(math.nan)))
+
+
+def test_sha256_mismatch(tmp_path, tiny_patch_net):
+    path = save_network(tiny_patch_net, tmp_path / "net.safetensors")
+    with pytest.raises(CheckpointError, match=r"net\.safetensors has sha256 .* expected sha256"):
+        load_network(path, expected_sha256="0" * 64)
+    record = json.loads((tmp_path / "net.json").read_text())
+    record["sha256"] = "f" * 64
+    (tmp_path / "net.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"net\.safetensors has sha256 .*recorded in .*net\.json"):
+        load_network(path)
+    save_pickle(tmp_path / "net.pkl", dict(ema=tiny_patch_net))
+    with pytest.raises(CheckpointError, match=r"net\.pkl has sha256"):
+        load_network(tmp_path / "net.pkl", expected_sha256="0" * 64)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header", "empty"])
+def test_corrupt_safetensors(tmp_path, tiny_patch_net, damage):
+    path = save_network(tiny_patch_net, tmp_path / "net.safetensors")
+    data = path.read_bytes()
+    data = {"truncate": data[:-100], "header": data[:20] + b"\x00" + data[21:], "empty": b""}[damage]
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=r"net\.safetensors") as with_json:
+        load_network(path)
+    (tmp_path / "net.json").unlink()
+    with pytest.raises(CheckpointError, match=r"net\.safetensors (is not a valid safetensors|is empty)") as alone:
+        load_network(path)
+    for exc in (with_json, alone):
+        assert "\n" not in str(exc.value)
+
+
+def test_json_that_does_not_match_the_weights(tmp_path, tiny_patch_net):
+    path = save_network(tiny_patch_net, tmp_path / "net.safetensors")
+    record = json.loads((tmp_path / "net.json").read_text())
+    record["init_kwargs"]["model_channels"] = 32
+    (tmp_path / "net.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"net\.json does not match the weights in .*net\.safetensors"):
+        load_network(path)
+    (tmp_path / "net.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"net\.json is not valid JSON"):
+        load_network(tmp_path / "net.json")
+
+
+def test_another_architecture(tmp_path, tiny_patch_net):
+    small = build_network("small", 32, 1)
+    meta = {"class_name": "PatchEDMPrecond", "init_kwargs": persistence.dumps_json(small.init_kwargs)}
+    path = tmp_path / "other.safetensors"
+    safetensors.torch.save_file(tiny_patch_net.state_dict(), path, metadata=meta)
+    with pytest.raises(CheckpointError, match=r"network in .*other\.safetensors does not match the architecture "
+                                              r"its kwargs describe: missing .*, unexpected .*"):
+        load_network(path)
+    # The same for a pickle whose kwargs describe a wider network than its tensors.
+    kwargs = _published_kwargs(tiny_patch_net) | {"model_channels": 32}
+    _write_edm_pickle(tmp_path / "other.pkl", tiny_patch_net, tmp_path / "marker", top_kwargs=kwargs)
+    with pytest.raises(CheckpointError, match=r"does not match the architecture .*wrong shape"):
+        load_network(tmp_path / "other.pkl")
+    _no_side_effect(tmp_path / "marker")
+
+
+def test_unknown_kwargs(tmp_path, tiny_patch_net):
+    def write(extra):
+        meta = {"class_name": "PatchEDMPrecond",
+                "init_kwargs": persistence.dumps_json(tiny_patch_net.init_kwargs | extra)}
+        path = tmp_path / "net.safetensors"
+        safetensors.torch.save_file(tiny_patch_net.state_dict(), path, metadata=meta)
+        return path
+
+    with pytest.warns(UserWarning, match="hash_channels"):
+        _assert_same_net(load_network(write({"hash_channels": 0, "fancy": None})), tiny_patch_net)
+    with pytest.raises(CheckpointError, match=r"\['hash_channels'\]"):
+        load_network(write({"hash_channels": 16}))
+
+
+@pytest.mark.parametrize("absurd", [{"num_blocks": 2 ** 31}, {"model_channels": 2 ** 40},
+                                    {"channel_mult": [1] * 5000}])
+def test_absurd_kwargs_fail_fast(tmp_path, tiny_patch_net, absurd):
+    meta = {"class_name": "PatchEDMPrecond", "init_kwargs": persistence.dumps_json(tiny_patch_net.init_kwargs | absurd)}
+    safetensors.torch.save_file(tiny_patch_net.state_dict(), tmp_path / "net.safetensors", metadata=meta)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"net\.safetensors(: cannot build| does not match the architecture)"):
+        load_network(tmp_path / "net.safetensors")
+    assert time.perf_counter() - start < 10
+
+
+def test_missing_empty_and_foreign_files(tmp_path):
+    for name in ("none.pkl", "none.safetensors", "none.json"):
+        with pytest.raises(FileNotFoundError, match=name):
+            load_network(tmp_path / name)
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pkl is empty"):
+        load_network(tmp_path / "empty.pkl")
+    (tmp_path / "text.pkl").write_text("this is not a pickle at all\n")
+    with pytest.raises(CheckpointError, match=r"text\.pkl is not a readable network pickle"):
+        load_network(tmp_path / "text.pkl")
+    (tmp_path / "net.onnx").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="unknown checkpoint type"):
+        load_network(tmp_path / "net.onnx")
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(CheckpointError, match="not a pickled network"):
+        load_network(tmp_path / "list.pkl")
+    (tmp_path / "noema.pkl").write_bytes(pickle.dumps({"net": 1}))
+    with pytest.raises(CheckpointError, match="no 'ema'"):
+        load_network(tmp_path / "noema.pkl")
+
+
+# ----------------------------------------------------------------------------------------
+# Pickles
+
+
+def test_pickle_round_trip(tmp_path, tiny_patch_net):
+    loss = PatchEDMLoss(P_mean=-1.0, pad_width=8)
+    path = save_pickle(tmp_path / "network-snapshot-000001.pkl",
+                       dict(ema=tiny_patch_net, loss_fn=loss, augment_pipe=None,
+                            dataset_kwargs=EasyDict(path="/data", resolution=32)))
+    data = path.read_bytes()
+    assert _globals_of(data) == {"torch_utils.persistence._reconstruct_persistent_obj",
+                                 "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                                 "torch.storage._load_from_bytes", "torch.nn.modules.container.ModuleDict",
+                                 "collections.OrderedDict", "numpy._core.multiarray.scalar", "numpy.dtype",
+                                 "dnnlib.util.EasyDict"}
+    _assert_same_net(load_network(path), tiny_patch_net, outputs=True)
+    snap = load_snapshot(path)
+    assert set(snap) == {"ema", "loss_fn", "augment_pipe", "dataset_kwargs"}
+    _assert_same_net(snap["ema"], tiny_patch_net)
+    assert snap["loss_fn"].class_name == "PatchEDMLoss"
+    assert snap["loss_fn"].init_kwargs == dict(P_mean=-1.0, P_std=1.2, sigma_data=0.5, pad_width=8)
+    assert snap["augment_pipe"] is None
+    assert snap["dataset_kwargs"] == {"path": "/data", "resolution": 32}
+    assert isinstance(snap["dataset_kwargs"], EasyDict)
+
+
+def test_plain_pickle_never_runs_embedded_code(tmp_path, tiny_patch_net):
+    save_pickle(tmp_path / "net.pkl", dict(ema=tiny_patch_net))
+    with pytest.raises(CheckpointError, match="load_network"):
+        pickle.loads((tmp_path / "net.pkl").read_bytes())
+    marker = tmp_path / "marker"
+    _write_edm_pickle(tmp_path / "edm.pkl", tiny_patch_net, marker)
+    with pytest.raises(CheckpointError, match="load_network"):
+        pickle.loads((tmp_path / "edm.pkl").read_bytes())
+    _no_side_effect(marker)
+
+
+def test_edm_family_tool_loads_our_pickle(tmp_path, tiny_patch_net):
+    """An EDM-style loader that executes module_src (as EDM's persistence does) rebuilds a
+    working network from our pickle: module_src is self-contained."""
+    modules = {}
+
+    def edm_reconstruct(meta):
+        assert meta["type"] == "class" and meta["version"] == 6
+        if meta["module_src"] not in modules:
+            module = types.ModuleType(f"_edm_imported_{len(modules)}")
+            exec(compile(meta["module_src"], module.__name__, "exec"), module.__dict__)  # trusted: our own file
+            modules[meta["module_src"]] = module
+        obj = modules[meta["module_src"]].__dict__[meta["class_name"]].__new__(
+            modules[meta["module_src"]].__dict__[meta["class_name"]])
+        obj.__setstate__(meta["state"]) if hasattr(obj, "__setstate__") else obj.__dict__.update(meta["state"])
+        return obj
+
+    class EDMUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("torch_utils.persistence", "_reconstruct_persistent_obj"):
+                return edm_reconstruct
+            return super().find_class(module, name)
+
+    save_pickle(tmp_path / "net.pkl", dict(ema=tiny_patch_net, loss_fn=PatchEDMLoss()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        snap = EDMUnpickler(io.BytesIO((tmp_path / "net.pkl").read_bytes())).load()
+    net = snap["ema"]
+    assert type(net).__name__ == "PatchEDMPrecond" and type(net) is not type(tiny_patch_net)
+    assert net._init_kwargs == tiny_patch_net.init_kwargs
+    assert torch.equal(_probe(net.eval()), _probe(tiny_patch_net))
+    assert snap["loss_fn"].P_mean == PatchEDMLoss().P_mean
+
+
+def test_handwritten_edm_pickle_loads_without_running_its_source(tmp_path, tiny_patch_net):
+    marker = tmp_path / "marker"
+    path = tmp_path / "network-snapshot-002000.pkl"
+    data = _write_edm_pickle(path, tiny_patch_net, marker)
+    assert b"module_src was executed" in data and b"Patch_EDMPrecond" in data
+    assert {"torch.storage._load_from_bytes", "numpy._core.multiarray.scalar",
+            "torch.nn.modules.container.ModuleDict"} <= _globals_of(data)
+    net = load_network(path)
+    _assert_same_net(net, tiny_patch_net, outputs=True)
+    assert net.init_kwargs["img_channels"] == 3 and net.init_kwargs["out_channels"] == 1
+    snap = load_snapshot(path)
+    _assert_same_net(snap["ema"], tiny_patch_net)
+    assert snap["dataset_kwargs"] == {"class_name": "training.dataset.ImageFolderDataset", "path": "/data",
+                                      "xflip": False, "resolution": 32}
+    _no_side_effect(marker)
+
+
+# ----------------------------------------------------------------------------------------
+# Hostile pickles: refused, and the command never runs.
+
+
+class _Reduce:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _hostile(kind: str, marker) -> tuple[bytes, str]:
+    """(pickle bytes, the global it references first) for one kind of attack."""
+    cmd = f"touch {marker}"
+    code = f"open({str(marker)!r}, 'w').write('x')"
+    if kind == "os.system":  # hand-written protocol-0 stream naming os.system directly
+        return b"cos\nsystem\n(S'" + cmd.encode() + b"'\ntR.", "os.system"
+    if kind == "builtins.exec":
+        return b"cbuiltins\nexec\n(S\"" + code.encode() + b"\"\ntR.", "builtins.exec"
+    fn, args = {
+        "posix.system": (os.system, (cmd,)),  # a __reduce__ that calls posix.system
+        "builtins.eval": (eval, (code,)),
+        "builtins.getattr": (getattr, ("abc", "upper")),
+        "builtins.__import__": (__import__, ("os",)),
+        "subprocess.Popen": (subprocess.Popen, (["touch", str(marker)],)),
+        "functools.partial": (functools.partial(os.system, cmd), ()),
+        "torch.load": (torch.load, (str(marker),)),
+        "numpy.load": (np.load, (str(marker),)),
+    }[kind]
+    name = "functools.partial" if kind == "functools.partial" else f"{fn.__module__}.{fn.__qualname__}"
+    return pickle.dumps({"ema": _Reduce(fn, args), "loss_fn": None}, protocol=4), name
+
+
+HOSTILE = ["os.system", "builtins.exec", "posix.system", "builtins.eval", "builtins.getattr",
+           "builtins.__import__", "subprocess.Popen", "functools.partial", "torch.load", "numpy.load"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+@pytest.mark.parametrize("loader", [load_network, load_snapshot])
+def test_hostile_pickles_are_refused(tmp_path, kind, loader):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pkl"
+    data, name = _hostile(kind, marker)
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as exc:
+        loader(path)
+    assert str(exc.value) == (f"refusing to load {path}: it references {name}, "
+                              "which is not allowed in a network pickle")
+    _no_side_effect(marker)
+
+
+def test_hostile_storage_bytes_get_a_weights_only_load(tmp_path):
+    """A _load_from_bytes payload whose inner pickle calls os.system (torch's own
+    _load_from_bytes would run it with weights_only=False)."""
+    marker = tmp_path / "marker"
+    inner = io.BytesIO()
+    torch.save(_Reduce(os.system, (f"touch {marker}",)), inner, _use_new_zipfile_serialization=False)
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"ema": _Reduce(torch.storage._load_from_bytes, (inner.getvalue(),))}))
+    with pytest.raises(CheckpointError, match=r"evil\.pkl is not a readable network pickle: .*weights-only"):
+        load_network(path)
+    _no_side_effect(marker)
+
+
+def test_reconstruct_meta_is_validated(tmp_path):
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(pickle.dumps({"ema": _Reduce(persistence._reconstruct_persistent_obj,
+                                                  ({"type": "function", "class_name": "x"},))}))
+    with pytest.raises(CheckpointError, match=r"odd\.pkl is not a readable network pickle"):
+        load_network(path)
+    path.write_bytes(pickle.dumps({"ema": _Reduce(persistence._reconstruct_persistent_obj, (
+        {"type": "class", "version": 6, "class_name": "SongUNet", "module_src": "", "state": {}},))}))
+    with pytest.raises(CheckpointError, match=r"odd\.pkl: the pickled SongUNet has no constructor"):
+        load_network(path)
