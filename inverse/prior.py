@@ -84,7 +84,10 @@ def grid_region(canvas: torch.Tensor, a: int, b: int, ph: int, pw: int, psize: i
 
 
 def _sigma_vector(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """sigma (float, 0-d or (B,) tensor) as a (B,) tensor of x's dtype and device."""
+    """sigma (float, 0-d or (B,) tensor) as a (B,) tensor of x's dtype and device (a Python
+    float is filled on the device: no host-to-device copy)."""
+    if isinstance(sigma, (int, float)):
+        return torch.full((batch,), float(sigma), dtype=like.dtype, device=like.device)
     s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device).reshape(-1)
     if s.numel() not in (1, batch):
         raise ValueError(f"sigma has {s.numel()} values for a batch of {batch} images")
