@@ -332,7 +332,11 @@ class UniformDeblur(_Blur):
 
 
 class GaussianDeblur(_Blur):
-    """Gaussian blur exp(-r^2 / (2 sigma^2)) on a kernel_size x kernel_size support, normalised to sum 1."""
+    """Gaussian blur exp(-r^2 / (2 sigma^2)) on a kernel_size x kernel_size support, normalised to sum 1.
+
+    Defaults (9, sigma 3.0) truncate the Gaussian at +-1.33 sigma, a strong blur between a box
+    and a Gaussian; use kernel_size >= 6 * sigma + 1 for an untruncated one.
+    """
 
     name = "deblur_gauss"
 
