@@ -227,3 +227,16 @@ def test_registry_operators(problem, name, prior):
     x = run(name, prior, op, y, steps=4)
     assert torch.isfinite(x).all()
     assert (residual_norm(op, y, x) < residual_norm(op, y, start)).all()
+
+
+@pytest.mark.parametrize("gen_on_device", [False, True])
+def test_runs_on_device_with_either_generator(device, gen_on_device, tiny_patch_net):
+    """Noise and grid offsets are drawn on the generator's device (CPU generator: moved)."""
+    op = MatrixOp(exact=True)
+    op.M = op.M.to(device)
+    prior = PatchPrior(tiny_patch_net.to(device), pad=4, psize=10)
+    y = op.A(truth(1).to(device))
+    gen = torch.Generator(device=device if gen_on_device else "cpu").manual_seed(0)
+    for name, kw in (("dds", {}), ("dps", dict(inner=1))):
+        x = SAMPLERS[name](prior, op, y, get_sigmas_karras(3, 0.01, 1.0), gen, **kw)
+        assert x.device.type == torch.device(device).type and torch.isfinite(x).all()
