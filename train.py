@@ -1,0 +1,97 @@
+"""Train a PaDIS patch prior: ``python train.py --data DIR --outdir runs`` (or under torchrun).
+
+Parses the options into one config dict, saved as ``config.json`` in the run directory, and
+calls ``training.training_loop.run(cfg)``. See that module for files, units and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+import click
+
+from training.networks import ARCHS
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}; expected comma-separated integers") from None
+
+
+@click.command(context_settings=dict(show_default=True, max_content_width=110))
+@click.option("--outdir", default="runs", metavar="DIR", help="Parent directory of the run directories.")
+@click.option("--data", required=True, metavar="PATH", help="Training images: directory, file or zip.")
+@click.option("--mat-key", default="images", help="Variable name in .mat/.npz files.")
+@click.option("--normalize", is_flag=True, help="Min-max scale each image to [0, 1].")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images.")
+@click.option("--arch", type=click.Choice(sorted(ARCHS)), default="small", help="Network architecture.")
+@click.option("--cbase", type=click.IntRange(min=1), default=None, help="Override model_channels.")
+@click.option("--cres", callback=_int_list, default=None, help="Override channel_mult, e.g. 1,2,2.")
+@click.option("--blocks", type=click.IntRange(min=1), default=None, help="Override num_blocks.")
+@click.option("--attn", callback=_int_list, default=None, help="Override attn_resolutions ('' = none).")
+@click.option("--dropout", type=click.FloatRange(0, 1), default=None, help="Override dropout.")
+@click.option("--batch", type=click.IntRange(min=1), default=16,
+              help="Images per step over all processes (times 4/2/1 for patch 16/32/64).")
+@click.option("--batch-gpu", type=click.IntRange(min=1), default=None,
+              help="Per-process microbatch limit (gradient accumulation).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, help="Learning rate.")
+@click.option("--lr-rampup", type=click.FloatRange(min=0), default=1.0, help="Lr warm-up, kimg.")
+@click.option("--ema", type=click.FloatRange(min=0), default=0.5, help="EMA half-life, kimg.")
+@click.option("--ema-rampup", type=click.FloatRange(min=0), default=0.05, help="EMA ramp-up ratio (0 = off).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=0.01, help="Training length, Mimg.")
+@click.option("--tick", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Stats interval, kimg.")
+@click.option("--snap", type=click.IntRange(min=0), default=10, help="Ticks between network snapshots.")
+@click.option("--dump", type=click.IntRange(min=0), default=10, help="Ticks between training states.")
+@click.option("--seed", type=int, default=0, help="Random seed.")
+@click.option("--real-p", type=click.FloatRange(0, 1), default=0.5, help="Probability of the largest patch.")
+@click.option("--pad-width", type=click.IntRange(min=0), default=64, help="Zero padding per side, pixels.")
+@click.option("--patch-sizes", default="16,32,64", help="Patch sizes, or 'whole' (use --pad-width 0).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Autocast.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0 = default).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda if available.")
+@click.option("--resume", default=None, metavar="PATH|auto", help="Training-state file, or 'auto'.")
+@click.option("--max-nonfinite", type=click.IntRange(min=1), default=10,
+              help="Stop after N non-finite losses in a row.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--desc", default=None, help="Run directory suffix.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
+def main(**opts):
+    """Train a patch-based diffusion prior (PaDIS) on a set of images in [0, 1]."""
+    from training import training_loop
+
+    overrides = {key: opts[opt] for opt, key in (("cbase", "model_channels"), ("cres", "channel_mult"),
+                                                  ("blocks", "num_blocks"), ("attn", "attn_resolutions"),
+                                                  ("dropout", "dropout")) if opts[opt] is not None}
+    if opts["batch_gpu"] and opts["batch"] % opts["batch_gpu"]:
+        raise click.BadParameter(f"{opts['batch_gpu']} does not divide --batch {opts['batch']}",
+                                 param_hint="--batch-gpu")
+    cfg = dict(outdir=opts["outdir"], desc=opts["desc"], data=opts["data"], mat_key=opts["mat_key"],
+               normalize=opts["normalize"], max_images=opts["max_images"], arch=opts["arch"],
+               arch_overrides=overrides, batch=opts["batch"], batch_gpu=opts["batch_gpu"], lr=opts["lr"],
+               lr_rampup_kimg=opts["lr_rampup"], ema_halflife_kimg=opts["ema"],
+               ema_rampup_ratio=opts["ema_rampup"] or None, duration_mimg=opts["duration"],
+               tick_kimg=opts["tick"], snap_ticks=opts["snap"], dump_ticks=opts["dump"], seed=opts["seed"],
+               real_p=opts["real_p"], pad_width=opts["pad_width"], patch_sizes=opts["patch_sizes"],
+               precision=opts["precision"], workers=opts["workers"], device=opts["device"],
+               resume=opts["resume"], max_nonfinite=opts["max_nonfinite"], progress=not opts["no_progress"])
+    try:
+        cfg = training_loop.resolve_config(cfg)
+        if opts["dry_run"]:
+            click.echo(json.dumps(cfg, indent=2))
+            return
+        result = training_loop.run(cfg)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if result["interrupted"]:
+        sys.exit(128 + int(result["interrupted"]))
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
+    main()
