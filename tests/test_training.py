@@ -173,12 +173,13 @@ def test_sigterm_writes_training_state(data_dir, tmp_path, monkeypatch):
         return real_call(self, *args)
 
     monkeypatch.setattr(PatchEDMLoss, "__call__", interrupt)
+    before = signal.getsignal(signal.SIGTERM)
     _train(["--data", data_dir, "--outdir", tmp_path, "--duration", 0.01] + BASE, expect=128 + signal.SIGTERM)
     [run] = _runs(tmp_path)
     [st] = list(run.glob("training-state-*.pt"))
     assert _state(st)["step"] == 3
     assert "stopped by signal 15" in (run / "log.txt").read_text()
-    assert signal.getsignal(signal.SIGTERM) is not None
+    assert signal.getsignal(signal.SIGTERM) == before  # handler restored
 
 
 def test_whole_image_baseline_bf16(data_dir, tmp_path):
