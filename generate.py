@@ -13,10 +13,10 @@ from __future__ import annotations
 import click
 import torch
 
+from inverse.cli import check_network, parse_size, run_or_fail
 from inverse.generate import EDM_METHODS, parse_int_list
 from inverse.generate import run as generate_run
 from inverse.reconstruct import PRIOR_BUILDERS
-from inverse_nodist import check_network, parse_size
 
 
 def parse_seeds(ctx, param, value):
@@ -47,12 +47,7 @@ def main(debug, **opts):
     """Sample whole images from a patch prior and write them as a PNG grid."""
     cfg = dict(opts, network=check_network(opts["network"]),
                device=opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        generate_run(cfg)
-    except Exception as exc:
-        if debug:
-            raise
-        raise click.ClickException(str(exc) or type(exc).__name__) from None
+    run_or_fail(generate_run, cfg, debug)
 
 
 if __name__ == "__main__":

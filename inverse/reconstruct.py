@@ -28,7 +28,6 @@ writes ``metrics.csv``, ``summary.json`` and ``comparison.png``.
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from torch_utils import distributed as ddp
 from torch_utils import misc
 
 PADIS = "padis"  # method name of our reconstruction in metrics.csv / summary.json
@@ -106,38 +106,10 @@ def check_channels(images: list[tuple[str, np.ndarray]], channels: int, source: 
                              f"denoises {channels}-channel images (use matching data or another network)")
 
 
-def _distributed(device: str) -> tuple[int, int, str, bool]:
-    """(rank, world, device, we_initialised) under torchrun; (0, 1, device, False) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, device, False
-    import torch.distributed as dist
-    if device.startswith("cuda") and ":" not in device:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    init = not dist.is_initialized()
-    if init:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device, init
-
-
-def _gather(obj: Any, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _make_run_dir(cfg: dict, rank: int, world: int) -> Path:
-    desc = f"{cfg['problem']}-{cfg['solver']}"
-    run_dir = misc.new_run_dir(cfg["outdir"], desc) if rank == 0 else None
-    if world > 1:
-        import torch.distributed as dist
-        box = [str(run_dir) if run_dir else None]
-        dist.broadcast_object_list(box, src=0)
-        run_dir = Path(box[0])
-    return run_dir
+def _make_run_dir(cfg: dict, rank: int) -> Path:
+    """Rank 0 makes OUTDIR/NNNNN-<problem>-<solver>; every rank gets its path."""
+    run_dir = misc.new_run_dir(cfg["outdir"], f"{cfg['problem']}-{cfg['solver']}") if rank == 0 else None
+    return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 
 def _load_inputs(cfg: dict):
@@ -190,8 +162,10 @@ def run(cfg: dict) -> dict:
             raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
     if cfg["solver"] not in SAMPLERS:
         raise ValueError(f"unknown solver {cfg['solver']!r}; expected one of {sorted(SAMPLERS)}")
-    rank, world, dev_name, own_pg = _distributed(str(cfg["device"]))
-    device = torch.device(dev_name)
+    own_pg = not ddp.is_initialized()
+    device = ddp.init(cfg["device"])
+    rank, world = ddp.rank(), ddp.world_size()
+    own_pg = own_pg and ddp.is_initialized()
     verbose = rank == 0 and cfg.get("progress", True)
 
     # Inputs, network, prior and operators are all checked before the run directory exists.
@@ -221,7 +195,7 @@ def run(cfg: dict) -> dict:
     schedule = resolve_schedule(cfg)
     sigmas = get_sigmas_karras(schedule["steps"], schedule["sigma_min"], schedule["sigma_max"], device=device)
 
-    run_dir = _make_run_dir(cfg, rank, world)
+    run_dir = _make_run_dir(cfg, rank)
     cfg["run_dir"] = str(run_dir)
     if rank == 0:
         misc.atomic_write_json(run_dir / "config.json", cfg)
@@ -277,7 +251,7 @@ def run(cfg: dict) -> dict:
         if verbose and has_gt:
             outer.set_postfix_str(f"{name}: PSNR {scores[PADIS]:.2f} dB")
 
-    gathered = _gather(dict(rows=rows, comp=comp, calls=calls, secs=total_secs), world)
+    gathered = ddp.all_gather_object(dict(rows=rows, comp=comp, calls=calls, secs=total_secs))
     summary = None
     if rank == 0:
         rows = sorted((r for g in gathered for r in g["rows"]), key=lambda r: r["index"])
@@ -292,11 +266,9 @@ def run(cfg: dict) -> dict:
         if verbose:
             print(format_table(summary))
             print(f"results in {run_dir}")
-    if world > 1:
-        summary = _gather(summary, world)[0]
-        if own_pg:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+    summary = ddp.broadcast_object(summary)
+    if own_pg:
+        ddp.shutdown()
     return summary
 
 

@@ -1,0 +1,94 @@
+"""Option parsing and validation shared by the command-line tools (inverse_nodist.py, generate.py).
+
+Problems are ``click`` usage errors (exit code 2) with one line naming the option.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+# CLI option -> operator keyword argument (inverse.operators.operator_options)
+PROBLEM_OPTIONS = dict(views="views", angle_range="angle_range", detectors="det_count", kernel_size="kernel_size",
+                       kernel_sigma="kernel_sigma", factor="factor", mask="mask", mask_fraction="mask_fraction")
+SOLVER_OPTIONS = ("zeta", "inner", "eps", "dc_grad", "predictor", "eta", "lam", "cg_iters", "init")
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def default_network() -> str | None:
+    """The one ``*.safetensors`` checkpoint shipped under checkpoints/, if there is exactly one."""
+    found = sorted(CHECKPOINTS.glob("*.safetensors")) if CHECKPOINTS.is_dir() else []
+    return str(found[0]) if len(found) == 1 else None
+
+
+def parse_size(ctx, param, value):
+    """'256' or '256,192' (H,W) -> [H, W]."""
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected S or H,W in pixels") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: expected S or H,W with positive sizes")
+    return parts * (3 - len(parts))
+
+
+def parse_baselines(ctx, param, value):
+    from inverse.baselines import BASELINES
+    names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+    bad = [n for n in names if n not in BASELINES]
+    if bad:
+        raise click.BadParameter(f"unknown baseline {bad[0]!r}; expected a comma list of "
+                                 f"{sorted(BASELINES)} or 'none'")
+    return list(dict.fromkeys(names))
+
+
+def check_network(value):
+    value = value or default_network()
+    if value is None:
+        raise click.UsageError("--network is required (no default checkpoint under checkpoints/)")
+    if not Path(value).is_file():
+        raise click.BadParameter(f"{value}: no such checkpoint file", param_hint="'--network'")
+    return value
+
+
+def problem_options(opts: dict) -> dict:
+    """Operator keyword arguments from the set problem options; one not taken by --problem is a usage error."""
+    from inverse.operators import operator_options
+    valid = operator_options(opts["problem"])
+    out = {}
+    for cli, key in PROBLEM_OPTIONS.items():
+        if opts[cli] is None:
+            continue
+        if key not in valid:
+            raise click.UsageError(f"--{cli.replace('_', '-')} does not apply to --problem {opts['problem']}")
+        out[key] = opts[cli]
+    return out
+
+
+def solver_options(opts: dict) -> dict:
+    """The set solver options; one that --solver does not take is a usage error."""
+    from inverse.samplers import sampler_options
+    valid = sampler_options(opts["solver"])
+    out = {}
+    for key in SOLVER_OPTIONS:
+        if opts[key] is None:
+            continue
+        if key not in valid:
+            raise click.UsageError(f"--{key.replace('_', '-')} does not apply to --solver {opts['solver']} "
+                                   f"(its options: {', '.join(valid)})")
+        out[key] = opts[key]
+    return out
+
+
+def run_or_fail(fn, cfg: dict, debug: bool):
+    """Call ``fn(cfg)``; any failure becomes one ``Error: ...`` line and exit code 1 (the
+    traceback only with ``debug``)."""
+    try:
+        return fn(cfg)
+    except Exception as exc:
+        if debug:
+            raise
+        raise click.ClickException(str(exc) or type(exc).__name__) from None
