@@ -440,3 +440,16 @@ def test_reconstruct_meta_is_validated(tmp_path):
         {"type": "class", "version": 6, "class_name": "SongUNet", "module_src": "", "state": {}},))}))
     with pytest.raises(CheckpointError, match=r"odd\.pkl: the pickled SongUNet has no constructor"):
         load_network(path)
+
+
+def test_pickle_that_would_exhaust_memory_is_refused_fast(tmp_path):
+    """The C unpickler sizes its memo table by the largest memo index (LONG_BINPUT 2**31-1
+    would ask for 16 GiB); a pre-scan refuses such indices and over-long length fields."""
+    path = tmp_path / "memo.pkl"
+    for data in (b"\x80\x04N" + b"r\xff\xff\xff\x7f" + b".",  # NONE, LONG_BINPUT 2**31-1, STOP
+                 b"\x80\x04\x8e" + (2 ** 40).to_bytes(8, "little") + b"abc."):  # BINBYTES8 of 1 TiB
+        path.write_bytes(data)
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError, match=r"memo\.pkl is not a readable network pickle"):
+            load_network(path)
+        assert time.perf_counter() - start < 2

@@ -646,7 +646,35 @@ class SafeUnpickler(pickle.Unpickler):
                               "pickles do not use")
 
 
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _prescan(data: bytes, path: Path) -> None:
+    """Walk the opcodes without building anything. Rejects what would make the real
+    unpickler allocate memory out of proportion to the file: memo indices far beyond the
+    number of memo writes (the C unpickler sizes its memo table by the largest index) and
+    length fields that reach past the end of the data."""
+    import pickletools
+
+    puts = 0
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in _MEMO_PUTS:
+                if not isinstance(arg, int) or arg > 2 * puts + 1024:
+                    raise CheckpointError(f"{path} is not a readable network pickle: memo index {arg} "
+                                          f"after {puts} memo writes")
+                puts += 1
+            elif op.name == "MEMOIZE":
+                puts += 1
+    except CheckpointError:
+        raise
+    except Exception as exc:  # truncated data, unknown opcodes, bad length fields, ...
+        raise CheckpointError(f"{path} is not a readable network pickle: "
+                              f"{type(exc).__name__}: {_one_line(exc, 160)}") from None
+
+
 def _unpickle(data: bytes, path: Path) -> Any:
+    _prescan(data, path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")

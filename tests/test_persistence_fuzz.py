@@ -1,0 +1,120 @@
+"""Property tests: random bytes and byte mutations (flip / truncate / insert) of valid
+.pkl / .safetensors / .json files fed to every loader. Each call either returns a network
+(or snapshot) or raises one of the intended clear errors, quickly; nothing else."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from torch_utils.persistence import CheckpointError, load_network, load_snapshot, save_network, save_pickle
+from training.networks import build_network
+from training.patch_loss import PatchEDMLoss
+
+ALLOWED = (CheckpointError, FileNotFoundError)
+FUZZ = settings(max_examples=60, deadline=10000, derandomize=True,  # deadline: "no hang", on a busy machine
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+class _Files(dict):
+    def __repr__(self) -> str:  # keep hypothesis' reports short
+        return f"<valid files {sorted(self)}>"
+
+
+@pytest.fixture(scope="module")
+def valid_files():
+    """A small network saved in every format, plus a scratch directory."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = build_network("tiny", 16, 1, model_channels=8)
+    root = Path(tempfile.mkdtemp(prefix="padis-fuzz-"))
+    save_network(net, root / "net.safetensors")
+    save_pickle(root / "net.pkl", dict(ema=net, loss_fn=PatchEDMLoss(), augment_pipe=None,
+                                       dataset_kwargs=dict(path="/data")))
+    files = _Files((name, (root / name).read_bytes()) for name in ("net.safetensors", "net.json", "net.pkl"))
+    yield root, files
+    shutil.rmtree(root, ignore_errors=True)
+    torch.set_num_threads(threads)
+
+
+def _try(loader, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = loader(path)
+        except ALLOWED as exc:
+            assert "\n" not in str(exc), str(exc)
+            return
+    assert isinstance(result, (torch.nn.Module, dict))
+
+
+def _mutate(data: bytes, op: str, pos: int, value: int, length: int) -> bytes:
+    pos %= len(data) + 1
+    if op == "flip":
+        pos = min(pos, len(data) - 1)
+        return data[:pos] + bytes([data[pos] ^ (value or 1)]) + data[pos + 1:]
+    if op == "truncate":
+        return data[:pos]
+    if op == "insert":
+        return data[:pos] + bytes([value]) * length + data[pos:]
+    return data[:pos] + data[pos + length:]  # delete
+
+
+# Mutations cluster near the start (headers, pickle opcodes) but may hit anywhere.
+MUTATION = st.tuples(st.sampled_from(["flip", "truncate", "insert", "delete"]),
+                     st.one_of(st.integers(0, 4096), st.integers(0, 2 ** 31)),
+                     st.integers(0, 255), st.integers(1, 16))
+
+
+def _write(root: Path, name: str, data: bytes, companions: dict[str, bytes] = ()) -> Path:
+    case = Path(tempfile.mkdtemp(dir=root))
+    for other, content in dict(companions).items():
+        (case / other).write_bytes(content)
+    (case / name).write_bytes(data)
+    return case / name
+
+
+@FUZZ
+@given(data=st.binary(max_size=2048), suffix=st.sampled_from([".pkl", ".safetensors", ".json"]))
+def test_random_bytes(valid_files, data, suffix):
+    root, _ = valid_files
+    path = _write(root, "net" + suffix, data)
+    _try(load_network, path)
+    if suffix == ".pkl":
+        _try(load_snapshot, path)
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_mutated_pickle(valid_files, mutation):
+    root, files = valid_files
+    path = _write(root, "net.pkl", _mutate(files["net.pkl"], *mutation))
+    _try(load_network, path)
+    _try(load_snapshot, path)
+
+
+@FUZZ
+@given(mutation=MUTATION, with_json=st.booleans())
+def test_mutated_safetensors(valid_files, mutation, with_json):
+    root, files = valid_files
+    path = _write(root, "net.safetensors", _mutate(files["net.safetensors"], *mutation),
+                  {"net.json": files["net.json"]} if with_json else {})
+    _try(load_network, path)
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_mutated_json(valid_files, mutation):
+    root, files = valid_files
+    path = _write(root, "net.json", _mutate(files["net.json"], *mutation),
+                  {"net.safetensors": files["net.safetensors"]})
+    _try(load_network, path)
+    _try(load_network, path.with_suffix(".safetensors"))
