@@ -453,3 +453,26 @@ def test_pickle_that_would_exhaust_memory_is_refused_fast(tmp_path):
         with pytest.raises(CheckpointError, match=r"memo\.pkl is not a readable network pickle"):
             load_network(path)
         assert time.perf_counter() - start < 2
+
+
+def test_device_round_trip(tmp_path, tiny_patch_net, device):
+    """Saving a network that lives on ``device`` writes CPU tensors; loading puts it on ``device``."""
+    net = build_network("tiny", 32, 1).to(device)
+    net.load_state_dict(tiny_patch_net.state_dict())
+    save_pickle(tmp_path / "net.pkl", dict(ema=net))
+    save_network(net, tmp_path / "net.safetensors")
+    for name in ("net.pkl", "net.safetensors"):
+        loaded = load_network(tmp_path / name, device=device)
+        assert {t.device for t in loaded.state_dict().values()} == {torch.device(device.type, 0) if
+                                                                    device.type == "cuda" else device}
+        _assert_same_net(loaded.cpu(), tiny_patch_net)
+
+
+def test_implicit_mlp_stem_pickles(tmp_path):
+    """Patch-Diffusion's implicit_mlp stem holds torch.nn.Sequential and SiLU modules; they
+    are read as inert records too."""
+    torch.manual_seed(1)
+    net = build_network("tiny", 32, 1, implicit_mlp=True).eval()
+    data = save_pickle(tmp_path / "net.pkl", dict(ema=net)).read_bytes()
+    assert {"torch.nn.modules.container.Sequential", "torch.nn.modules.activation.SiLU"} <= _globals_of(data)
+    _assert_same_net(load_network(tmp_path / "net.pkl"), net, outputs=True)

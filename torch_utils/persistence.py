@@ -55,6 +55,9 @@ import torch
 from dnnlib.util import EasyDict
 from torch_utils import misc
 
+__all__ = ["ALLOWED_GLOBALS", "CheckpointError", "SafeUnpickler", "dumps_json", "load_network", "load_snapshot",
+           "loads_json", "network_summary", "save_network", "save_pickle"]
+
 PERSISTENCE_VERSION = 6  # The version of EDM's persistence layout that we write and expect.
 JSON_FORMAT = "padis-network-v1"  # Value of "format" in the JSON beside a .safetensors file.
 PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -405,9 +408,6 @@ def _reconstruct_persistent_obj(meta: dict) -> Any:
                           "torch_utils.persistence.load_network(path) or load_snapshot(path)")
 
 
-_SOURCE_CACHE: dict[str, str] = {}
-
-
 def _training_package_dir() -> Path:
     import training
 
@@ -440,6 +440,10 @@ def _init_kwargs_of(obj: Any) -> dict:
 class _PersistentPickler(pickle.Pickler):
     """Pickles padis ``training`` objects in EDM's persistent layout; CUDA tensors go to CPU."""
 
+    def __init__(self, file, protocol: int = _PROTOCOL) -> None:
+        super().__init__(file, protocol=protocol)
+        self._sources: dict[str, str] = {}  # module name -> source text, read once per file
+
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
             if isinstance(obj, torch.nn.Parameter):
@@ -450,12 +454,12 @@ class _PersistentPickler(pickle.Pickler):
         module = _persistent_module(type(obj))
         if module is None:
             return NotImplemented
-        if module not in _SOURCE_CACHE:
-            _SOURCE_CACHE[module] = inspect.getsource(sys.modules[module])
+        if module not in self._sources:
+            self._sources[module] = inspect.getsource(sys.modules[module])
         state = dict(vars(obj))
         state["_init_args"] = tuple(getattr(obj, "_init_args", ()))
         state["_init_kwargs"] = _init_kwargs_of(obj)
-        meta = dict(type="class", version=PERSISTENCE_VERSION, module_src=_SOURCE_CACHE[module],
+        meta = dict(type="class", version=PERSISTENCE_VERSION, module_src=self._sources[module],
                     class_name=type(obj).__name__, state=state)
         return _reconstruct_persistent_obj, (meta,)
 
@@ -607,7 +611,11 @@ def _safe_scalar(source: Path, dtype: Any, data: Any = None) -> np.generic:
     return np.frombuffer(data, dtype=dtype.dtype)[0]
 
 
-# Allowed globals -> factory(source) of the object the unpickler gets instead.
+# torch.nn containers/activations that may occur inside a pickled network, as inert records.
+_RECORD_TYPES = {name: _record_class(name) for name in ("ModuleDict", "Sequential", "SiLU")}
+
+# The allow-list: (module, name) -> factory(source file) of the inert object the unpickler
+# gets instead of the real global. Anything else is refused by SafeUnpickler.find_class.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): lambda s: _SafeCall(_safe_persistent, s),
     ("torch._utils", "_rebuild_tensor_v2"): lambda s: _SafeCall(_safe_rebuild_tensor, s),
@@ -623,7 +631,6 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): lambda s: _SafeCall(_safe_dtype, s),
     ("dnnlib.util", "EasyDict"): lambda s: _SafeEasyDict,
 }
-_RECORD_TYPES = {name: _record_class(name) for name in ("ModuleDict", "Sequential", "SiLU")}
 
 
 class SafeUnpickler(pickle.Unpickler):
