@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from training.networks import (ARCHS, EDMPrecond, PatchEDMPrecond, SongUNet, build_network,
-                               position_grid)
+from training.networks import ARCHS, EDMPrecond, PatchEDMPrecond, SongUNet, build_network, position_grid
 
 
 def paper_net():
