@@ -7,7 +7,6 @@ calls ``training.training_loop.run(cfg)``. See that module for files, units and 
 from __future__ import annotations
 
 import json
-import signal
 import sys
 
 import click
@@ -93,5 +92,4 @@ def main(**opts):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
     main()
