@@ -35,8 +35,10 @@ def _int_list(ctx, param, value):
 @click.option("--blocks", type=click.IntRange(min=1), default=None, help="Override num_blocks.")
 @click.option("--attn", callback=_int_list, default=None, help="Override attn_resolutions ('' = none).")
 @click.option("--dropout", type=click.FloatRange(0, 1), default=None, help="Override dropout.")
-@click.option("--batch", type=click.IntRange(min=1), default=16,
-              help="Images per step over all processes (times 4/2/1 for patch 16/32/64).")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Base batch over all processes; a step has batch x batch_mul(p) patches  [default: 1 per process].")
+@click.option("--batch-mul-base", type=click.IntRange(min=1), default=16, show_default=True,
+              help="batch_mul(p) = base x largest/p: 64/32/16 patches of 16/32/64 per base image (paper).")
 @click.option("--batch-gpu", type=click.IntRange(min=1), default=None,
               help="Per-process microbatch limit (gradient accumulation).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, help="Learning rate.")
@@ -67,12 +69,13 @@ def main(**opts):
     overrides = {key: opts[opt] for opt, key in (("cbase", "model_channels"), ("cres", "channel_mult"),
                                                   ("blocks", "num_blocks"), ("attn", "attn_resolutions"),
                                                   ("dropout", "dropout")) if opts[opt] is not None}
-    if opts["batch_gpu"] and opts["batch"] % opts["batch_gpu"]:
+    if opts["batch_gpu"] and opts["batch"] and opts["batch"] % opts["batch_gpu"]:
         raise click.BadParameter(f"{opts['batch_gpu']} does not divide --batch {opts['batch']}",
                                  param_hint="--batch-gpu")
     cfg = dict(outdir=opts["outdir"], desc=opts["desc"], data=opts["data"], mat_key=opts["mat_key"],
                normalize=opts["normalize"], max_images=opts["max_images"], arch=opts["arch"],
-               arch_overrides=overrides, batch=opts["batch"], batch_gpu=opts["batch_gpu"], lr=opts["lr"],
+               arch_overrides=overrides, batch=opts["batch"], batch_mul_base=opts["batch_mul_base"],
+               batch_gpu=opts["batch_gpu"], lr=opts["lr"],
                lr_rampup_kimg=opts["lr_rampup"], ema_halflife_kimg=opts["ema"],
                ema_rampup_ratio=opts["ema_rampup"] or None, duration_mimg=opts["duration"],
                tick_kimg=opts["tick"], snap_ticks=opts["snap"], dump_ticks=opts["dump"], seed=opts["seed"],

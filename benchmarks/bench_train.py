@@ -5,9 +5,10 @@ Adam for ``--steps`` steps (after one warm-up step) in a **fresh subprocess**, s
 peaks never mix:
 
 - ``patch-P``: 256x256 images zero-padded by 64 (canvas 384), patches P x P with position
-  channels, ``batch * batch_mul(P)`` patches per step (the paper's setting: 4/2/1 for
-  16/32/64, i.e. ``batch`` images per step at the largest patch size);
-- ``whole``: 256x256 images, no padding, no position channels, ``batch`` images per step.
+  channels, ``batch * batch_mul(P)`` patches per step (the paper's setting: ``--batch 1``
+  with batch_mul 64/32/16 for 16/32/64, i.e. 16 patches of 64x64 per step);
+- ``whole``: 256x256 images, no padding, no position channels, the same number of images per
+  step as the largest patch size (``batch * batch_mul(64)``; ``--whole-batch`` overrides).
 
 Memory: CUDA ``torch.cuda.max_memory_allocated`` during the steps; CPU the growth of the
 process' peak resident set (``ru_maxrss``) over its value just before the warm-up step (the
@@ -80,14 +81,16 @@ def _measure(spec: dict) -> dict:
 @click.command()
 @click.option("--arch", default="small", help="training.networks.ARCHS name (ddpmpp = paper size).")
 @click.option("--steps", type=click.IntRange(min=1), default=3, help="Timed steps per configuration.")
-@click.option("--batch", type=click.IntRange(min=1), default=4, help="Images per step at batch_mul 1.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, help="Base batch (paper: 1).")
+@click.option("--whole-batch", type=click.IntRange(min=1), default=None,
+              help="Images per whole-image step (default: batch x batch_mul(64), as many as patch-64).")
 @click.option("--resolution", type=int, default=256, help="Image side (pixels).")
 @click.option("--pad", type=int, default=64, help="Zero padding per side for patch training.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda if available).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, help="CPU threads per run.")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(REPO / "benchmarks/results/bench_train.json"))
 @click.option("--worker", default=None, hidden=True, help="Internal: JSON spec of one configuration.")
-def main(arch, steps, batch, resolution, pad, device, threads, out, worker):
+def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, out, worker):
     """Patches/s and peak memory per patch size vs whole-image training."""
     if worker is not None:
         print(json.dumps(_measure(json.loads(worker))))
@@ -98,7 +101,8 @@ def main(arch, steps, batch, resolution, pad, device, threads, out, worker):
     from training.patch_loss import WHOLE, batch_multipliers
 
     mul = batch_multipliers([16, 32, 64])
-    configs = [(f"patch-{p}", p, batch * mul[p]) for p in (16, 32, 64)] + [("whole", WHOLE, batch)]
+    whole_batch = whole_batch or batch * mul[64]
+    configs = [(f"patch-{p}", p, batch * mul[p]) for p in (16, 32, 64)] + [("whole", WHOLE, whole_batch)]
     rows = []
     for name, psize, patches in configs:
         spec = dict(arch=arch, steps=steps, psize=psize, patches=patches, resolution=resolution, pad=pad,

@@ -28,9 +28,10 @@ def test_parse_and_probabilities():
     assert patch_probabilities(2, 0.25) == pytest.approx([0.75, 0.25])
     with pytest.raises(ValueError, match="--real-p"):
         patch_probabilities(3, 1.5)
-    assert batch_multipliers([16, 32, 64]) == {16: 4, 32: 2, 64: 1}
+    assert batch_multipliers([16, 32, 64]) == {16: 64, 32: 32, 64: 16}  # the paper's code
+    assert batch_multipliers([16, 32, 64], base=1) == {16: 4, 32: 2, 64: 1}
     assert batch_multipliers([WHOLE]) == {WHOLE: 1}
-    assert batch_multipliers([16, WHOLE], canvas=64) == {16: 4, WHOLE: 1}
+    assert batch_multipliers([16, WHOLE], canvas=64, base=1) == {16: 4, WHOLE: 1}
 
 
 def test_patch_size_frequencies_seeded():

@@ -21,7 +21,7 @@ from training.patch_loss import PatchEDMLoss
 REPO = Path(__file__).resolve().parents[1]
 # 16x16 images, 24x24 canvas, patches 8/16: ~20 steps of a tiny net in well under a second each.
 # Options given later on a command line override these (click keeps the last value).
-BASE = ["--arch", "tiny", "--pad-width", "4", "--patch-sizes", "8,16", "--batch", "4", "--tick", "0.03",
+BASE = ["--arch", "tiny", "--pad-width", "4", "--patch-sizes", "8,16", "--batch", "4", "--batch-mul-base", "1", "--tick", "0.03",
         "--lr-rampup", "0.02", "--ema", "0.02", "--device", "cpu", "--workers", "1", "--no-progress",
         "--seed", "3"]
 

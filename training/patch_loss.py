@@ -12,11 +12,12 @@ Each training step (paper, Sec. 3.1 and its code):
 4. applies the EDM loss (Karras et al. 2022, Eq. 2 with Table 1): ``ln sigma ~ N(P_mean,
    P_std^2)``, weight ``(sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``.
 
-Batch multiplier (what we implement, following the paper's code): a step with patch size
-``p`` draws ``batch * batch_mul(p)`` images, ``batch_mul(p) = round(max(sizes) / p)``, i.e.
-4 for 16, 2 for 32 and 1 for 64 — smaller patches, larger batch. The size ``'whole'`` means
-the whole padded canvas (use ``pad_width=0`` for the whole-image baseline); it always has
-``batch_mul`` 1. Images are in [0, 1] (DESIGN.md); zero padding is black.
+Batch multiplier (the paper's code): a step with patch size ``p`` draws
+``batch * batch_mul(p)`` patches, ``batch_mul(p) = base * round(max(sizes) / p)`` with
+``base`` 16 by default, i.e. 64 for 16, 32 for 32 and 16 for 64 — smaller patches, larger
+batch (paper: ``--batch 1`` gives 16 patches of 64x64 per step). ``base`` is an option
+(``--batch-mul-base``; 1 gives 4/2/1). The size ``'whole'`` means the whole padded canvas (use
+``pad_width=0`` for the whole-image baseline); it always has ``batch_mul`` 1. Images are in [0, 1] (DESIGN.md); zero padding is black.
 """
 
 from __future__ import annotations
@@ -68,13 +69,14 @@ def patch_probabilities(num_sizes: int, real_p: float = 0.5) -> list[float]:
     return [(1 - real_p) / (num_sizes - 1)] * (num_sizes - 1) + [real_p]
 
 
-def batch_multipliers(sizes: Sequence[PatchSize], canvas: int | None = None) -> dict[PatchSize, int]:
-    """Images per step relative to ``--batch``: ``round(largest / p)``, largest = the biggest
-    int size, or ``canvas`` (the padded canvas' longer side) when 'whole' is among the sizes;
-    'whole' itself -> 1."""
+def batch_multipliers(sizes: Sequence[PatchSize], canvas: int | None = None,
+                      base: int = 16) -> dict[PatchSize, int]:
+    """Patches per step relative to ``--batch``: ``base * round(largest / p)``, largest = the
+    biggest int size, or ``canvas`` (the padded canvas' longer side) when 'whole' is among the
+    sizes; 'whole' itself -> 1. The default base 16 gives the paper's 64/32/16 for 16/32/64."""
     ints = [s for s in sizes if s != WHOLE]
     largest = canvas if (WHOLE in sizes and canvas) else max(ints, default=1)
-    mul: dict[PatchSize, int] = {s: max(1, round(largest / s)) for s in ints}
+    mul: dict[PatchSize, int] = {s: base * max(1, round(largest / s)) for s in ints}
     if WHOLE in sizes:
         mul[WHOLE] = 1
     return mul

@@ -62,7 +62,8 @@ DEFAULTS: dict[str, Any] = dict(
     max_images=None,             # Use at most this many images.
     arch="small",                # Name in training.networks.ARCHS.
     arch_overrides={},           # SongUNet kwargs replacing those of the arch.
-    batch=16,                    # Images per step over all processes (times batch_mul(psize)).
+    batch=None,                  # Base batch over all processes (None: 1 per process); x batch_mul(p) patches.
+    batch_mul_base=16,           # batch_mul(p) = base * largest/p: 64/32/16 for 16/32/64 (paper).
     batch_gpu=None,              # Per-process microbatch in base images (None: no accumulation).
     lr=2e-4,                     # Adam learning rate.
     lr_rampup_kimg=1.0,          # Linear lr warm-up (kimg); 0 = none.
@@ -160,7 +161,7 @@ def resolve_config(cfg: dict | None = None, **kwargs) -> dict:
     c["patch_sizes"] = parse_patch_sizes(c["patch_sizes"])
     if c["precision"] not in PRECISIONS:
         raise ValueError(f"--precision {c['precision']!r}; expected one of {sorted(PRECISIONS)}")
-    for key in ("batch", "tick_kimg", "duration_mimg"):
+    for key in ("tick_kimg", "duration_mimg", "batch_mul_base"):
         if not c[key] or c[key] <= 0:
             raise ValueError(f"config: {key} must be positive, got {c[key]}")
     if c["pad_width"] < 0:
@@ -192,6 +193,10 @@ def _run(c: dict, device: torch.device) -> dict:
     rank, world = dist.rank(), dist.world_size()
 
     # Batch geometry.
+    if c["batch"] is None:
+        c["batch"] = world
+    if c["batch"] <= 0:
+        raise ValueError(f"--batch must be positive, got {c['batch']}")
     if c["batch"] % world:
         raise ValueError(f"--batch {c['batch']} is not divisible by the {world} processes")
     batch_rank = c["batch"] // world
@@ -223,7 +228,7 @@ def _run(c: dict, device: torch.device) -> dict:
     sizes = c["patch_sizes"]
     canvas = (height + 2 * pad, width + 2 * pad)
     probs = patch_probabilities(len(sizes), c["real_p"])
-    batch_mul = batch_multipliers(sizes, canvas=max(canvas))
+    batch_mul = batch_multipliers(sizes, canvas=max(canvas), base=c["batch_mul_base"])
 
     # Network (identical initialisation on every rank), loss, optimizer, EMA.
     torch.manual_seed(c["seed"])
