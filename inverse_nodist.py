@@ -15,6 +15,7 @@ from inverse.cli import (
     check_network,
     parse_baselines,
     parse_size,
+    parse_window,
     problem_options,
     run_or_fail,
     solver_options,
@@ -65,6 +66,8 @@ from inverse.samplers import SAMPLERS
               "fraction of max |sinogram| [default: 0.005 CT, 0.01 others]")
 @click.option("--image-size", callback=parse_size, help="S or H,W: images must have it (not resized); needed with --measurements")
 @click.option("--mat-key", default="images", help="Variable of .mat/.npz inputs")
+@click.option("--hu-window", callback=parse_window, help="DICOM input: 'HUmin,HUmax' mapped to [0, 1] "
+              "[default: -1000,2000, the training data's window]")
 @click.option("--normalize", is_flag=True, help="Min-max scale inputs outside [0, 1]")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images")
 @click.option("--dry-run", is_flag=True, help="Print the config and exit")
@@ -79,7 +82,7 @@ def main(input_, measurements, baselines, dry_run, debug, **opts):
     cfg = dict(
         network=check_network(opts["network"]), input=input_, measurements=measurements,
         image_size=opts["image_size"], mat_key=opts["mat_key"], normalize=opts["normalize"],
-        max_images=opts["max_images"], problem=opts["problem"],
+        max_images=opts["max_images"], hu_window=opts["hu_window"], problem=opts["problem"],
         noise=opts["noise"] if opts["noise"] is not None else (0.005 if opts["problem"].startswith("ct") else 0.01),
         problem_kwargs=problem_kwargs,
         prior=opts["prior"], pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],

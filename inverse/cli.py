@@ -35,6 +35,19 @@ def parse_size(ctx, param, value):
     return parts * (3 - len(parts))
 
 
+def parse_window(ctx, param, value):
+    """'-1000,2000' -> [-1000.0, 2000.0] (HU window: lower < upper)."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected 'HUmin,HUmax', e.g. -1000,2000") from None
+    if not lo < hi:
+        raise click.BadParameter(f"{value!r}: the lower bound must be below the upper one")
+    return [lo, hi]
+
+
 def parse_baselines(ctx, param, value):
     from inverse.baselines import BASELINES
     names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]

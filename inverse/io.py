@@ -39,7 +39,8 @@ COMPARISON_MAX_ROWS = 8  # images shown in comparison.png
 
 
 def read_ground_truth(path: str | Path, mat_key: str = "images", normalize: bool = False,
-                      max_images: int | None = None) -> list[tuple[str, np.ndarray]]:
+                      max_images: int | None = None, hu_window: tuple[float, float] | None = None
+                      ) -> list[tuple[str, np.ndarray]]:
     """Ground-truth images as ``[(name, (C, H, W) float32 in [0, 1])]`` (sorted by file).
 
     Thin wrapper over ``training.dataset.read_images`` (the loader training uses), which gives
@@ -47,7 +48,7 @@ def read_ground_truth(path: str | Path, mat_key: str = "images", normalize: bool
     """
     from training.dataset import read_images
 
-    return read_images(path, mat_key=mat_key, normalize=normalize, max_images=max_images)
+    return read_images(path, mat_key=mat_key, normalize=normalize, max_images=max_images, hu_window=hu_window)
 
 
 def list_measurement_files(path: str | Path) -> list[Path]:

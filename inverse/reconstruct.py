@@ -7,7 +7,8 @@ writes to ``config.json``). Keys (all present; ``None`` means "library default")
     input          ground-truth image file or directory (exclusive with measurements)
     measurements   .npy measurement file or directory (no ground truth: no metrics)
     image_size     [H, W] or None: ground truth must have this size; required with measurements
-    mat_key, normalize, max_images   passed to the image reader
+    mat_key, normalize, max_images, hu_window   passed to the image reader (hu_window: DICOM
+                   [HU min, HU max] -> [0, 1]; None: training.ct_window's default)
     problem        key of inverse.operators.OPERATORS; problem_kwargs: its options
     noise          measurement noise level passed to op.noise (0: none; see inverse.operators)
     prior          'patch' | 'whole' | 'average'; pad, psize, stride, batch: its geometry
@@ -117,7 +118,7 @@ def _load_inputs(cfg: dict):
     size = tuple(cfg["image_size"]) if cfg["image_size"] else None
     if cfg["input"] is not None:
         items = rio.read_ground_truth(cfg["input"], mat_key=cfg["mat_key"], normalize=cfg["normalize"],
-                                      max_images=cfg["max_images"])
+                                      max_images=cfg["max_images"], hu_window=cfg.get("hu_window"))
         if size is not None:
             for name, x in items:
                 if tuple(x.shape[1:]) != size:

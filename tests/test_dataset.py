@@ -146,10 +146,10 @@ def test_errors_missing_empty_unknown(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty: directory has no files"):
         list_image_files(tmp_path / "empty")
-    (tmp_path / "scan.dcm").write_bytes(b"DICM")
-    with pytest.raises(ValueError, match=r"scan\.dcm: unsupported file type '\.dcm'; supported: .*\.png"):
-        read_images(tmp_path / "scan.dcm")
-    with pytest.raises(ValueError, match=r"only files of type \['\.dcm'\]"):
+    (tmp_path / "scan.xyz").write_bytes(b"DICM")
+    with pytest.raises(ValueError, match=r"scan\.xyz: unsupported file type '\.xyz'; supported: .*\.dcm.*\.png"):
+        read_images(tmp_path / "scan.xyz")
+    with pytest.raises(ValueError, match=r"only files of type \['\.xyz'\]"):
         read_images(tmp_path)
 
 

@@ -16,6 +16,9 @@ Formats (by extension, see ``READERS``):
   ``mat_key`` (default ``images``), ``H x W`` (one image), ``H x W x N`` (N grayscale images,
   the paper's layout) or ``H x W x C x N``.
 - ``.zip``: every member with one of the extensions above (not nested zips).
+- ``.dcm .dicom``: CT slices via ``training.dicom.read_dicom`` (HU from RescaleSlope/Intercept,
+  then the window ``hu_window``, default ``training.ct_window`` [-1000, 2000] HU -> [0, 1]);
+  a directory holding only DICOM files is read as one series, ordered by InstanceNumber.
 
 Bad input raises one line naming the file and what was expected: ``FileNotFoundError`` for a
 missing path, ``ValueError`` otherwise.
@@ -222,6 +225,9 @@ READERS: dict[str, Callable] = {
 }
 _ZIPPABLE.update(READERS)
 READERS[".zip"] = _read_zip
+DICOM_SUFFIXES = (".dcm", ".dicom")
+for _ext in DICOM_SUFFIXES:
+    READERS[_ext] = None  # read by training.dicom with the run's HU window (see read_images)
 
 
 def supported_extensions() -> list[str]:
@@ -286,22 +292,38 @@ def _to_unit_float(arr: np.ndarray, label: str, normalize: bool, channels: int |
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def _read_dicom_file(hu_window):
+    def reader(source, label: str, stem: str, mat_key: str) -> Raw:
+        from training.dicom import read_dicom
+        yield from read_dicom(source, hu_window)
+    return reader
+
+
 def read_images(path: str | os.PathLike, mat_key: str = "images", normalize: bool = False,
-                max_images: int | None = None, channels: int | None = None) -> list[tuple[str, np.ndarray]]:
+                max_images: int | None = None, channels: int | None = None,
+                hu_window: tuple[float, float] | None = None) -> list[tuple[str, np.ndarray]]:
     """Read every image under ``path`` (file or directory; all formats of ``READERS``).
 
     Returns ``[(name, image)]`` in sorted file order, image ``(C, H, W)`` float32 in [0, 1];
     ``name`` is the file stem (``stem_0003`` for the 4th image of a stack), unique and usable
     as a file name. ``normalize`` min-max scales each image to [0, 1] (for data in other
     units). ``max_images`` stops after that many images. ``channels`` (1 or 3) requires that
-    channel count; by default 1 or 3 are accepted.
+    channel count; by default 1 or 3 are accepted. ``hu_window`` (HU min, max) maps DICOM
+    slices to [0, 1] (default: ``training.ct_window``).
     """
     if max_images is not None and max_images < 1:
         raise ValueError(f"--max-images must be a positive integer, got {max_images}")
+    from training.ct_window import HU_MAX, HU_MIN
+    hu_window = tuple(hu_window) if hu_window is not None else (HU_MIN, HU_MAX)
+    files = list_image_files(path)
+    if Path(path).is_dir() and all(f.suffix.lower() in DICOM_SUFFIXES and f.parent == Path(path) for f in files):
+        from training.dicom import read_dicom
+        series = read_dicom(path, hu_window)  # one series: InstanceNumber / position order
+        return [(n, _to_unit_float(x, f"{path} [{n}]", normalize, channels)) for n, x in series][:max_images]
     out: list[tuple[str, np.ndarray]] = []
     seen: set[str] = set()
-    for file in list_image_files(path):
-        reader = READERS[file.suffix.lower()]
+    for file in files:
+        reader = READERS[file.suffix.lower()] or _read_dicom_file(hu_window)
         for name, raw in reader(file, str(file), file.stem, mat_key):
             image = _to_unit_float(np.asarray(raw), f"{file}" if name == file.stem else f"{file} [{name}]",
                                    normalize, channels)
