@@ -11,11 +11,17 @@ import json
 import os
 import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 _RUN_RE = re.compile(r"^(\d{5})-")
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # atomic_path's ".NAME.XXXXXXXX.tmp"
+# Test hook (used by the kill-and-resume tests): "GLOB:SECONDS" makes atomic_path sleep after the
+# content of a file whose name matches GLOB is written to its temporary name, before the rename,
+# so a test can kill the process while the temporary file exists.
+WRITE_DELAY_ENV = "PADIS_TEST_WRITE_DELAY"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -59,13 +65,20 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     path = Path(path)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite it")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as exc:  # e.g. ENOSPC: one line that names the file
+            raise _write_error(path, exc) from None
+        _test_write_delay(path.name)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode
         if overwrite:
             os.replace(tmp, path)
@@ -78,6 +91,31 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _write_error(path: Path, exc: OSError) -> OSError:
+    if isinstance(exc, FileExistsError):
+        return exc
+    return OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _test_write_delay(name: str) -> None:
+    hook = os.environ.get(WRITE_DELAY_ENV)
+    if hook:
+        pattern, _, seconds = hook.rpartition(":")
+        if Path(name).match(pattern):
+            time.sleep(float(seconds))
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed ``atomic_path`` left in ``directory`` (their final
+    names were never created). Only for directories no live process is writing to (resume)."""
+    removed = []
+    for p in sorted(Path(directory).iterdir()):
+        if p.is_file() and _TEMP_RE.match(p.name):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
