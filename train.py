@@ -62,8 +62,14 @@ def _int_list(ctx, param, value):
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--desc", default=None, help="Run directory suffix.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(**opts):
-    """Train a patch-based diffusion prior (PaDIS) on a set of images in [0, 1]."""
+    """Train a patch-based diffusion prior (PaDIS) on a set of images in [0, 1].
+
+    Exit codes: 2 usage errors, 1 failures (one line; the traceback only with --debug),
+    128 + signal after SIGTERM/SIGINT (a training state was written).
+    """
+    from inverse.cli import run_or_fail
     from training import training_loop
 
     overrides = {key: opts[opt] for opt, key in (("cbase", "model_channels"), ("cres", "channel_mult"),
@@ -82,14 +88,11 @@ def main(**opts):
                real_p=opts["real_p"], pad_width=opts["pad_width"], patch_sizes=opts["patch_sizes"],
                precision=opts["precision"], workers=opts["workers"], device=opts["device"],
                resume=opts["resume"], max_nonfinite=opts["max_nonfinite"], progress=not opts["no_progress"])
-    try:
-        cfg = training_loop.resolve_config(cfg)
-        if opts["dry_run"]:
-            click.echo(json.dumps(cfg, indent=2))
-            return
-        result = training_loop.run(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = run_or_fail(training_loop.resolve_config, cfg, opts["debug"])
+    if opts["dry_run"]:
+        click.echo(json.dumps(cfg, indent=2))
+        return
+    result = run_or_fail(training_loop.run, cfg, opts["debug"])
     if result["interrupted"]:
         sys.exit(128 + int(result["interrupted"]))
 

@@ -162,24 +162,25 @@ def test_nonfinite_loss_skipped_then_stops(data_dir, tmp_path, monkeypatch):
     assert "3 non-finite losses in a row" in r.output and "--max-nonfinite 3" in r.output
 
 
-def test_sigterm_writes_training_state(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_sigint_write_training_state(data_dir, tmp_path, monkeypatch, signum):
     calls = {"n": 0}
     real_call = PatchEDMLoss.__call__
 
     def interrupt(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return real_call(self, *args)
 
     monkeypatch.setattr(PatchEDMLoss, "__call__", interrupt)
-    before = signal.getsignal(signal.SIGTERM)
-    _train(["--data", data_dir, "--outdir", tmp_path, "--duration", 0.01] + BASE, expect=128 + signal.SIGTERM)
+    before = signal.getsignal(signum)
+    _train(["--data", data_dir, "--outdir", tmp_path, "--duration", 0.01] + BASE, expect=128 + signum)
     [run] = _runs(tmp_path)
     [st] = list(run.glob("training-state-*.pt"))
     assert _state(st)["step"] == 3
-    assert "stopped by signal 15" in (run / "log.txt").read_text()
-    assert signal.getsignal(signal.SIGTERM) == before  # handler restored
+    assert f"stopped by signal {int(signum)}" in (run / "log.txt").read_text()
+    assert signal.getsignal(signum) == before  # handler restored
 
 
 def test_whole_image_baseline_bf16(data_dir, tmp_path):

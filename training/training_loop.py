@@ -13,7 +13,10 @@ monotonic even for sub-kimg CPU runs): ``network-snapshot-NNNNNN.pkl`` (EDM layo
 ``ema``, ``loss_fn``, ``augment_pipe`` None, ``dataset_kwargs``),
 ``network-snapshot-NNNNNN.safetensors`` + ``.json`` (EMA weights + constructor kwargs),
 ``training-state-NNNNNN.pt`` (everything needed to continue exactly), ``config.json``,
-``stats.jsonl``, ``log.txt``. Only rank 0 writes; nothing is overwritten.
+``stats.jsonl``, ``log.txt``. Only rank 0 writes; nothing is overwritten. Every file is
+written under a temporary name and renamed, so a killed run leaves complete files only; on
+resume into the same directory the temporaries it left are deleted, and a snapshot step whose
+three files are not all present (killed between them) is written again.
 
 Randomness: ``size_gen`` (CPU, seeded with ``seed``, the same on every rank) picks the patch
 size of each step, so all ranks run the same number of backward passes; ``data_gen`` (on the
@@ -218,6 +221,10 @@ def _run(c: dict, device: torch.device) -> dict:
         if not resume_path.is_file():
             raise FileNotFoundError(f"{resume_path}: training state not found (--resume)")
 
+    # Fail before any work if the outputs cannot be written.
+    if rank == 0:
+        misc.check_writable(reuse_dir or c["outdir"])
+
     # Data.
     dataset = ImageDataset(c["data"], mat_key=c["mat_key"], normalize=c["normalize"],
                            max_images=c["max_images"])
@@ -301,6 +308,9 @@ def _run(c: dict, device: torch.device) -> dict:
         f"batch_mul {batch_mul}; pad {pad}")
     if resume_path is not None:
         log(f"resumed from {resume_path} at step {step}, {nimg / 1000:.3f} kimg")
+    if rank == 0 and reuse_dir is not None:
+        for tmp in misc.remove_stale_temps(run_dir):
+            log(f"removed {tmp.name}, a temporary file left by an interrupted write")
 
     ddp = net
     if world > 1:
@@ -499,8 +509,12 @@ class _Writer:
         from torch_utils import persistence
 
         base = self.run_dir / f"network-snapshot-{step:06d}"
-        if base.with_suffix(".safetensors").exists():
+        files = [base.with_suffix(s) for s in (".safetensors", ".json", ".pkl")]
+        present = [f for f in files if f.exists()]
+        if len(present) == len(files):
             return
+        for f in present:  # an interrupted run wrote part of this step's set; resume rewrites it
+            f.unlink()
         net = copy.deepcopy(self.ema).cpu().eval().requires_grad_(False)
         extra = dict(step=step, kimg=nimg / 1000, pad_width=self.loss_fn.pad_width,
                      patch_sizes=[str(s) for s in self.cfg["patch_sizes"]],
