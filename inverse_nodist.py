@@ -3,7 +3,8 @@
     python inverse_nodist.py --network net.safetensors --input data/test --problem ct_parbeam --views 20
 
 Parses and validates options, builds one config dict and calls ``inverse.reconstruct.run``.
-Exit codes: 2 usage errors, 1 failures (one line; the traceback only with --debug).
+Exit codes: 2 usage errors, 1 failures (one line; the traceback only with --debug), also when
+some inputs failed and the others were reconstructed (listed in summary.json and on stderr).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ from inverse.samplers import SAMPLERS
 @click.option("--normalize", is_flag=True, help="Min-max scale inputs outside [0, 1]")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images")
 @click.option("--dry-run", is_flag=True, help="Print the config and exit")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False),
+              help="Complete this earlier run directory (same options): skip finished images, redo the rest")
 @click.option("--debug", is_flag=True, help="Show tracebacks")
 def main(input_, measurements, baselines, dry_run, debug, **opts):
     """Reconstruct images from simulated (--input) or given (--measurements) data with PaDIS."""
@@ -89,7 +92,7 @@ def main(input_, measurements, baselines, dry_run, debug, **opts):
         solver=opts["solver"], solver_kwargs=solver_options(opts),
         steps=opts["steps"], sigma_min=opts["sigma_min"], sigma_max=opts["sigma_max"],
         baselines=baselines, tv_weight=opts["tv_weight"], tv_iters=opts["tv_iters"],
-        outdir=opts["outdir"], seed=opts["seed"],
+        outdir=opts["outdir"], seed=opts["seed"], resume=opts["resume"],
         device=opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
     if dry_run:
@@ -97,7 +100,10 @@ def main(input_, measurements, baselines, dry_run, debug, **opts):
         click.echo(json.dumps(cfg, indent=2))
         return
     from inverse.reconstruct import run
-    run_or_fail(run, cfg, debug)
+    summary = run_or_fail(run, cfg, debug)
+    if summary["failures"]:
+        raise click.ClickException(f"{len(summary['failures'])} input(s) failed, the others were "
+                                   f"reconstructed; see {summary['run_dir']}/summary.json")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,19 @@ existing file. Per image ``NAME``:
   axis dropped), plus ``NAME_measurement.png``: the measurement clipped to [0, 1] for
   image-domain problems, or the sinogram min-max scaled to [0, 1] for CT.
 - ``NAME_<baseline>.png`` / ``.npy`` for each baseline (``fbp``, ``tv``).
+- ``NAME_metrics.json``, written **last**: the image's metrics rows, denoiser calls, seconds and
+  the list of its files. It marks the image complete: a resumed run (``--resume``) skips an
+  image whose marker and listed files all exist and reads its metrics back from here.
 
-Per run: ``metrics.csv``, ``summary.json`` and ``comparison.png`` (see ``ResultWriter``).
+Per run: ``metrics.csv``, ``summary.json`` and ``comparison.png`` (see ``ResultWriter``): the
+only files ever replaced (atomically, when a resumed run rewrites them at its end).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +37,7 @@ from PIL import Image
 from torch_utils import misc
 
 COMPARISON_MAX_ROWS = 8  # images shown in comparison.png
+MARKER_SUFFIX = "_metrics.json"  # NAME_metrics.json: written last, marks an image complete
 
 
 # ----------------------------------------------------------------------------------------
@@ -49,6 +55,70 @@ def read_ground_truth(path: str | Path, mat_key: str = "images", normalize: bool
     from training.dataset import read_images
 
     return read_images(path, mat_key=mat_key, normalize=normalize, max_images=max_images, hu_window=hu_window)
+
+
+def _image_sources(path: Path) -> list[Path]:
+    """The units ``read_images`` reads independently: each file, or a directory that is one
+    DICOM series (read as a whole, ordered by InstanceNumber)."""
+    from training.dataset import list_image_files
+
+    files = list_image_files(path)
+    if path.is_dir() and all(f.parent == path and f.suffix.lower() in (".dcm", ".dicom") for f in files):
+        return [path]
+    return files
+
+
+def read_ground_truth_files(path: str | Path, failures: list[dict], mat_key: str = "images",
+                            normalize: bool = False, max_images: int | None = None,
+                            hu_window: tuple[float, float] | None = None) -> list[tuple[str, np.ndarray, str]]:
+    """Like :func:`read_ground_truth`, file by file: ``[(name, image, file)]``.
+
+    A file that cannot be read (or holds bad data) is appended to ``failures`` as
+    ``dict(file, reason)`` and skipped, so one bad file does not sink a directory. A missing or
+    empty directory still raises; so does a directory in which every file failed (the first
+    failure's line).
+    """
+    from training.dataset import read_images
+
+    path = Path(path)
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"--max-images must be a positive integer, got {max_images}")
+    out: list[tuple[str, np.ndarray, str]] = []
+    seen: set[str] = set()
+    first_failure = len(failures)
+    for source in _image_sources(path):
+        left = None if max_images is None else max_images - len(out)
+        if left == 0:
+            break
+        try:
+            items = read_images(source, mat_key=mat_key, normalize=normalize, max_images=left,
+                                hu_window=hu_window)
+        except ValueError as exc:
+            failures.append(failure_record(source, str(exc)))
+            continue
+        for name, image in items:
+            unique, k = name, 1
+            while unique in seen:
+                unique, k = f"{name}_{k}", k + 1
+            seen.add(unique)
+            out.append((unique, image, str(source)))
+    if not out:
+        raise ValueError(failure_line(failures[first_failure]) if len(failures) > first_failure
+                         else f"{path}: no images found")
+    return out
+
+
+def failure_record(file: str | Path, message: str, image: str | None = None) -> dict:
+    """``dict(file, image, reason)`` for summary.json; ``reason`` without a leading ``file: ``."""
+    file = str(file)
+    reason = message[len(file) + 2:] if message.startswith(f"{file}: ") else message
+    return dict(file=file, image=image, reason=reason)
+
+
+def failure_line(record: dict) -> str:
+    """One line naming the file (and image) and the reason."""
+    image = f" [{record['image']}]" if record.get("image") else ""
+    return f"{record['file']}{image}: {record['reason']}"
 
 
 def list_measurement_files(path: str | Path) -> list[Path]:
@@ -70,36 +140,58 @@ def list_measurement_files(path: str | Path) -> list[Path]:
 
 def read_measurements(path: str | Path, measurement_shape: Sequence[int],
                       max_images: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """Measurements as ``[(name, float32 array of measurement_shape)]``.
+    """Strict :func:`read_measurement_files`: the first bad file raises; ``[(name, y)]``."""
+    return [(name, y) for name, y, _ in read_measurement_files(path, measurement_shape, max_images)]
+
+
+def read_measurement_files(path: str | Path, measurement_shape: Sequence[int], max_images: int | None = None,
+                           failures: list[dict] | None = None) -> list[tuple[str, np.ndarray, str]]:
+    """Measurements as ``[(name, float32 array of measurement_shape, file)]``.
 
     ``measurement_shape`` is the shape of one measurement: ``(C, *op.measurement_shape)``. An
     array with an extra leading batch axis of length 1 is accepted and squeezed, and so is one
     without the channel axis when C is 1. The
     name is the file stem with a trailing ``_measurement`` removed, so the ``NAME_measurement.npy``
     files of an earlier run can be fed back in. Errors name the file and the expected shape.
+    With a ``failures`` list, a bad file is appended to it (``failure_record``) and skipped
+    instead (unless every file is bad). Returns ``[(name, y, file)]``.
     """
     shape = tuple(int(s) for s in measurement_shape)
     out = []
+    errors: list[dict] = []
     for file in list_measurement_files(path)[:max_images]:
         try:
-            y = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{file}: cannot read as a .npy array ({exc})") from None
-        if y.ndim == len(shape) + 1 and y.shape[0] == 1:
-            y = y[0]
-        elif y.ndim == len(shape) - 1 and shape[0] == 1:
-            y = y[None]
-        if tuple(y.shape) != shape:
-            raise ValueError(f"{file}: measurement shape {tuple(y.shape)} does not match the operator's "
-                             f"measurement shape {shape} (check --problem, its options and --image-size)")
-        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
-            raise ValueError(f"{file}: expected a real numeric array, got dtype {y.dtype}")
-        y = y.astype(np.float32)
-        if not np.isfinite(y).all():
-            raise ValueError(f"{file}: measurement contains NaN or Inf")
-        name = file.stem[: -len("_measurement")] if file.stem.endswith("_measurement") else file.stem
-        out.append((name, y))
+            out.append(_read_measurement(file, shape))
+        except ValueError as exc:
+            if failures is None:
+                raise
+            errors.append(failure_record(file, str(exc)))
+    if errors:
+        if not out:
+            raise ValueError(failure_line(errors[0]))
+        failures.extend(errors)
     return out
+
+
+def _read_measurement(file: Path, shape: tuple[int, ...]) -> tuple[str, np.ndarray, str]:
+    try:
+        y = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{file}: cannot read as a .npy array ({exc})") from None
+    if y.ndim == len(shape) + 1 and y.shape[0] == 1:
+        y = y[0]
+    elif y.ndim == len(shape) - 1 and shape[0] == 1:
+        y = y[None]
+    if tuple(y.shape) != shape:
+        raise ValueError(f"{file}: measurement shape {tuple(y.shape)} does not match the operator's "
+                         f"measurement shape {shape} (check --problem, its options and --image-size)")
+    if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+        raise ValueError(f"{file}: expected a real numeric array, got dtype {y.dtype}")
+    y = y.astype(np.float32)
+    if not np.isfinite(y).all():
+        raise ValueError(f"{file}: measurement contains NaN or Inf")
+    name = file.stem[: -len("_measurement")] if file.stem.endswith("_measurement") else file.stem
+    return name, y, str(file)
 
 
 # ----------------------------------------------------------------------------------------
@@ -164,7 +256,8 @@ class ResultWriter:
     - ``metrics.csv``: one row per (image, method): ``image, method, psnr, ssim, seconds``
       (PSNR in dB and SSIM with data range 1; empty without ground truth; seconds of wall time).
     - ``summary.json``: per method mean and std of PSNR, SSIM and seconds per image, the number
-      of images, denoiser calls per image, and the run's config.
+      of images, denoiser calls per image, the run's config, and ``failures``: one
+      ``dict(file, image, reason)`` per input that could not be read or reconstructed.
     - ``comparison.png``: rows = the first ``COMPARISON_MAX_ROWS`` images, columns = ground
       truth (if any) | each baseline | PaDIS, PSNR in the titles.
     """
@@ -172,20 +265,53 @@ class ResultWriter:
     def __init__(self, run_dir: str | Path, sinogram: bool = False):
         self.run_dir = Path(run_dir)
         self.sinogram = sinogram  # CT: measurement PNG is a min-max scaled sinogram
+        self.written: dict[str, list[str]] = {}  # per image: file names written so far
+
+    def _record(self, name: str, *paths: Path) -> None:
+        self.written.setdefault(name, []).extend(p.name for p in paths)
 
     def save_image(self, name: str, tag: str, img: np.ndarray) -> None:
         """``NAME_tag.png`` (8-bit, clipped) and ``NAME_tag.npy`` (float32 (C, H, W))."""
         img = np.asarray(img, dtype=np.float32)
-        save_npy(self.run_dir / f"{name}_{tag}.npy", img)
-        save_png(self.run_dir / f"{name}_{tag}.png", img, "clip")
+        self._record(name, save_npy(self.run_dir / f"{name}_{tag}.npy", img),
+                     save_png(self.run_dir / f"{name}_{tag}.png", img, "clip"))
 
     def save_measurement(self, name: str, y: np.ndarray) -> None:
         """``NAME_measurement.npy`` (as given) and a PNG view when ``y`` is 2-D-like."""
         y = np.asarray(y, dtype=np.float32)
-        save_npy(self.run_dir / f"{name}_measurement.npy", y)
+        self._record(name, save_npy(self.run_dir / f"{name}_measurement.npy", y))
         view = image_views(y)
         if view is not None:
-            save_png(self.run_dir / f"{name}_measurement.png", view, "minmax" if self.sinogram else "clip")
+            self._record(name, save_png(self.run_dir / f"{name}_measurement.png", view,
+                                        "minmax" if self.sinogram else "clip"))
+
+    def marker(self, name: str) -> Path:
+        return self.run_dir / f"{name}{MARKER_SUFFIX}"
+
+    def finish_image(self, name: str, record: dict) -> Path:
+        """Write ``NAME_metrics.json`` (``record`` + the files written for ``name``) last."""
+        return misc.atomic_write_json(self.marker(name), dict(record, files=self.written.get(name, [])))
+
+    def completed(self, name: str) -> dict | None:
+        """The marker record of ``name`` if it and every file it lists exist, else None."""
+        try:
+            record = json.loads(self.marker(name).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or not all((self.run_dir / f).is_file() for f in record.get("files", [None])):
+            return None
+        return record
+
+    def remove_partial(self, name: str, tags: Sequence[str]) -> list[Path]:
+        """Delete the outputs of an image that has no complete marker (left by a killed run), so
+        it can be written again; only the file names this writer makes for ``name``."""
+        names = [f"{name}_{t}.{e}" for t in [*tags, "measurement"] for e in ("npy", "png")]
+        removed = []
+        for f in [*names, self.marker(name).name]:
+            if (self.run_dir / f).is_file():
+                (self.run_dir / f).unlink()
+                removed.append(self.run_dir / f)
+        return removed
 
     def write_metrics(self, rows: list[dict]) -> Path:
         """``metrics.csv`` from rows with keys image, method, psnr, ssim, seconds."""
@@ -195,10 +321,10 @@ class ResultWriter:
         w.writeheader()
         for r in rows:
             w.writerow({k: _fmt(r.get(k)) for k in fields})
-        return misc.atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        return misc.atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue(), overwrite=True)
 
     def write_summary(self, summary: dict) -> Path:
-        return misc.atomic_write_json(self.run_dir / "summary.json", summary)
+        return misc.atomic_write_json(self.run_dir / "summary.json", summary, overwrite=True)
 
     def write_comparison(self, rows: list[dict], methods: Sequence[str]) -> Path | None:
         """``comparison.png``. rows: ``dict(name, gt=(C,H,W)|None, images={method: (C,H,W)},
@@ -230,7 +356,8 @@ class ResultWriter:
         fig.tight_layout()
         try:
             return misc.atomic_write_with(self.run_dir / "comparison.png",
-                                          lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+                                          lambda tmp: fig.savefig(tmp, format="png", dpi=100),
+                                          overwrite=True)
         finally:
             plt.close(fig)
 

@@ -16,10 +16,20 @@ writes to ``config.json``). Keys (all present; ``None`` means "library default")
     steps, sigma_min, sigma_max   EDM (rho 7) noise schedule (None: the solver's SCHEDULE_DEFAULTS)
     baselines      list of keys of inverse.baselines.BASELINES; tv_weight, tv_iters
     outdir, seed, device, progress
+    resume         None, or a run directory of an earlier run with the same config to complete
 
 Each image ``i`` (in sorted order) uses its own generator seeded with ``seed + i`` (noise
 simulation and solver), so one image can be reconstructed alone with the same result.
 Images are (1, C, H, W) float32 in [0, 1] on ``device``.
+
+Robustness: the output directory is checked for writability first. An input file that cannot
+be read, or an image of the wrong size or channel count, is skipped and listed (file, image,
+reason) in ``summary.json``'s ``failures`` and on stderr; so is an image whose solver stops on
+non-finite values (``FloatingPointError``). If no input is usable the run fails before it makes
+a run directory. ``resume`` (a run directory; its ``config.json`` must match ``cfg`` except
+in ``RESUME_FREE_KEYS``) skips images whose ``NAME_metrics.json`` marker and files are complete,
+reading their metrics back, redoes the others (deleting their partial files first) and
+rewrites ``metrics.csv``, ``summary.json`` and ``comparison.png`` atomically at the end.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r takes images r, r + world, ...; rank 0 makes the
 run directory, every rank writes its own per-image files, and rank 0 gathers the metrics and
@@ -29,6 +39,9 @@ writes ``metrics.csv``, ``summary.json`` and ``comparison.png``.
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -107,26 +120,85 @@ def check_channels(images: list[tuple[str, np.ndarray]], channels: int, source: 
                              f"denoises {channels}-channel images (use matching data or another network)")
 
 
+def _keep_valid(items: list, failures: list[dict], check: Callable) -> list:
+    """Items for which ``check(item)`` raises no ValueError; the others go to ``failures``.
+    If none is left, the first failure is raised (one line)."""
+    kept, first = [], len(failures)
+    for item in items:
+        try:
+            check(item)
+            kept.append(item)
+        except ValueError as exc:
+            failures.append(rio.failure_record(item[2], str(exc), image=item[1]))
+    if not kept and len(failures) > first:
+        raise ValueError(rio.failure_line(failures[first]))
+    return kept
+
+
+# Config keys that a resumed run (--resume RUN_DIR) may change: where and how it runs, not what.
+RESUME_FREE_KEYS = ("outdir", "device", "progress", "run_dir", "resume")
+_PATH_KEYS = ("network", "input", "measurements")
+
+
+def _comparable(cfg: dict) -> dict:
+    out = json.loads(json.dumps({k: v for k, v in cfg.items() if k not in RESUME_FREE_KEYS}, default=str))
+    for k in _PATH_KEYS:
+        if out.get(k) is not None:
+            out[k] = os.path.abspath(out[k])
+    return out
+
+
+def check_resume_config(run_dir: Path, cfg: dict) -> None:
+    """``run_dir/config.json`` must agree with ``cfg`` except in RESUME_FREE_KEYS (ValueError
+    naming the first differing key otherwise)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--resume {run_dir}: cannot read {path} ({exc}); is this a reconstruction "
+                         "run directory?") from None
+    old, new = _comparable(old), _comparable(cfg)
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            raise ValueError(f"--resume {run_dir}: option {key!r} was {old.get(key)!r} in that run, now "
+                             f"{new.get(key)!r}; resume with the same options (or start a new run)")
+
+
 def _make_run_dir(cfg: dict, rank: int) -> Path:
-    """Rank 0 makes OUTDIR/NNNNN-<problem>-<solver>; every rank gets its path."""
-    run_dir = misc.new_run_dir(cfg["outdir"], f"{cfg['problem']}-{cfg['solver']}") if rank == 0 else None
+    """Rank 0 makes OUTDIR/NNNNN-<problem>-<solver> (or reuses --resume's); every rank gets its path."""
+    run_dir = None
+    if rank == 0:
+        if cfg.get("resume"):
+            run_dir = Path(cfg["resume"])
+            check_resume_config(run_dir, cfg)
+            misc.remove_stale_temps(run_dir)
+        else:
+            run_dir = misc.new_run_dir(cfg["outdir"], f"{cfg['problem']}-{cfg['solver']}")
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 
-def _load_inputs(cfg: dict):
-    """(items, has_gt, shapes). items: [(name, array)]; arrays are (C, H, W) images or y."""
+def _load_inputs(cfg: dict, failures: list[dict]):
+    """(items, has_gt, shapes). items: [(index, name, file, array)] with (C, H, W) images (None
+    with --measurements: read later, when the operator is known). Bad files go to ``failures``."""
     size = tuple(cfg["image_size"]) if cfg["image_size"] else None
     if cfg["input"] is not None:
-        items = rio.read_ground_truth(cfg["input"], mat_key=cfg["mat_key"], normalize=cfg["normalize"],
-                                      max_images=cfg["max_images"], hu_window=cfg.get("hu_window"))
-        if size is not None:
-            for name, x in items:
-                if tuple(x.shape[1:]) != size:
-                    raise ValueError(f"{cfg['input']}: image {name!r} is {x.shape[1]}x{x.shape[2]}, "
-                                     f"expected --image-size {size[0]}x{size[1]} (images are not resized)")
-        return items, True, {tuple(x.shape[1:]) for _, x in items}
+        read = rio.read_ground_truth_files(cfg["input"], failures, mat_key=cfg["mat_key"],
+                                           normalize=cfg["normalize"], max_images=cfg["max_images"],
+                                           hu_window=cfg.get("hu_window"))
+        items = [(i, name, file, x) for i, (name, x, file) in enumerate(read)]
+
+        def check_size(item):
+            x = item[3]
+            if size is not None and tuple(x.shape[1:]) != size:
+                raise ValueError(f"{item[2]}: image {item[1]!r} is {x.shape[1]}x{x.shape[2]}, "
+                                 f"expected --image-size {size[0]}x{size[1]} (images are not resized)")
+            check_prior_geometry(cfg, {tuple(x.shape[1:])})
+
+        items = _keep_valid(items, failures, check_size)
+        return items, True, {tuple(x.shape[1:]) for *_, x in items}
     if size is None:
         raise ValueError("--image-size is required with --measurements (the size of the images to reconstruct)")
+    check_prior_geometry(cfg, {size})
     return None, False, {size}
 
 
@@ -169,13 +241,16 @@ def run(cfg: dict) -> dict:
     own_pg = own_pg and ddp.is_initialized()
     verbose = rank == 0 and cfg.get("progress", True)
 
-    # Inputs, network, prior and operators are all checked before the run directory exists.
-    items, has_gt, shapes = _load_inputs(cfg)
-    check_prior_geometry(cfg, shapes)
+    # Output directory, inputs, network, prior and operators are all checked before any work.
+    # A bad input file is recorded in ``failures`` (and the summary) and the others still run.
+    if rank == 0:
+        misc.check_writable(cfg["resume"] if cfg.get("resume") else cfg["outdir"])
+    failures: list[dict] = []
+    items, has_gt, shapes = _load_inputs(cfg, failures)
     net = load_network(cfg["network"], device=device)
     channels = network_image_channels(net)
     if has_gt:
-        check_channels(items, channels, str(cfg["input"]))
+        items = _keep_valid(items, failures, lambda it: check_channels([(it[1], it[3])], channels, it[2]))
     prior = build_prior(net, cfg)
     ops: dict[tuple[int, int], Any] = {}
 
@@ -187,8 +262,12 @@ def run(cfg: dict) -> dict:
 
     if not has_gt:
         shape = next(iter(shapes))
-        items = rio.read_measurements(cfg["measurements"], (channels, *operator(shape).measurement_shape),
-                                      max_images=cfg["max_images"])
+        read = rio.read_measurement_files(cfg["measurements"], (channels, *operator(shape).measurement_shape),
+                                          max_images=cfg["max_images"], failures=failures)
+        items = [(i, name, file, y) for i, (name, y, file) in enumerate(read)]
+    if rank == 0:
+        for f in failures:
+            print(f"skipped {rio.failure_line(f)}", file=sys.stderr)
     sampler = SAMPLERS[cfg["solver"]]
     solver_kwargs, ignored = accepted_kwargs(sampler, cfg["solver_kwargs"])
     if ignored and verbose:
@@ -198,15 +277,31 @@ def run(cfg: dict) -> dict:
 
     run_dir = _make_run_dir(cfg, rank)
     cfg["run_dir"] = str(run_dir)
-    if rank == 0:
+    if rank == 0 and not cfg.get("resume"):
         misc.atomic_write_json(run_dir / "config.json", cfg)
     writer = rio.ResultWriter(run_dir, sinogram=cfg["problem"].startswith("ct"))
+    methods = list(cfg["baselines"]) + [PADIS]
+    tags = {m: "recon" if m == PADIS else m for m in methods}
 
-    rows, comp, calls, total_secs = [], [], [], []
-    mine = list(range(rank, len(items), world))
+    rows, comp, calls, total_secs, done_failures = [], [], [], [], []
+    skipped = 0
+    mine = items[rank::world]
     outer = tqdm(mine, desc="images", unit="img", disable=not verbose, position=0)
-    for index in outer:
-        name, arr = items[index]
+    for index, name, file, arr in outer:
+        if index < rio.COMPARISON_MAX_ROWS:
+            comp_row = dict(index=index, name=name, gt=arr if has_gt else None)
+        record = writer.completed(name) if cfg.get("resume") else None
+        if record is not None:  # done by the run being resumed: read its results back
+            skipped += 1
+            rows.extend(record["rows"])
+            calls.append(record["calls"])
+            total_secs.append(record["seconds"])
+            if index < rio.COMPARISON_MAX_ROWS:
+                comp.append(dict(comp_row, psnr={r["method"]: r["psnr"] for r in record["rows"]},
+                                 images={m: np.load(run_dir / f"{name}_{t}.npy") for m, t in tags.items()}))
+            continue
+        if cfg.get("resume"):
+            writer.remove_partial(name, list(tags.values()))
         shape = tuple(arr.shape[1:]) if has_gt else next(iter(shapes))
         op = operator(shape)
         gen = torch.Generator(device=device).manual_seed(cfg["seed"] + index)
@@ -232,35 +327,49 @@ def run(cfg: dict) -> dict:
 
         bar = tqdm(total=len(sigmas), desc=name, unit="step", leave=False, disable=not verbose, position=1)
         prior.reset_calls()
-        xr, secs[PADIS] = _seconds(lambda: sampler(prior, op, y, sigmas, gen, callback=lambda *_a, **_k: bar.update(1),
-                                                   **solver_kwargs), device)
-        bar.close()
-        calls.append(prior.calls)
+        try:
+            xr, secs[PADIS] = _seconds(lambda: sampler(prior, op, y, sigmas, gen,
+                                                       callback=lambda *_a, **_k: bar.update(1),
+                                                       **solver_kwargs), device)
+        except FloatingPointError as exc:  # this image diverged: record it, go on with the others
+            failure = rio.failure_record(file, f"reconstruction stopped: {exc}", image=name)
+            done_failures.append(failure)
+            print(f"failed {rio.failure_line(failure)}", file=sys.stderr)
+            continue
+        finally:
+            bar.close()
         results[PADIS] = xr[0].detach().float().cpu().numpy()
 
-        scores = {}
+        scores, image_rows = {}, []
         for method, img in results.items():
-            writer.save_image(name, "recon" if method == PADIS else method, img)
+            writer.save_image(name, tags[method], img)
             p = s = None
             if has_gt:
                 p, s = float(psnr(img, arr)), float(ssim(img, arr))
             scores[method] = p
-            rows.append(dict(index=index, image=name, method=method, psnr=p, ssim=s, seconds=secs[method]))
-        total_secs.append(time.perf_counter() - t_start)
+            image_rows.append(dict(index=index, image=name, method=method, psnr=p, ssim=s, seconds=secs[method]))
+        seconds = time.perf_counter() - t_start
+        writer.finish_image(name, dict(index=index, image=name, source=file, rows=image_rows,
+                                       calls=prior.calls, seconds=seconds))
+        rows.extend(image_rows)
+        calls.append(prior.calls)
+        total_secs.append(seconds)
         if index < rio.COMPARISON_MAX_ROWS:
-            comp.append(dict(index=index, name=name, gt=arr if has_gt else None, images=results, psnr=scores))
+            comp.append(dict(comp_row, images=results, psnr=scores))
         if verbose and has_gt:
             outer.set_postfix_str(f"{name}: PSNR {scores[PADIS]:.2f} dB")
 
-    gathered = ddp.all_gather_object(dict(rows=rows, comp=comp, calls=calls, secs=total_secs))
+    gathered = ddp.all_gather_object(dict(rows=rows, comp=comp, calls=calls, secs=total_secs,
+                                          failures=done_failures, skipped=skipped))
     summary = None
     if rank == 0:
         rows = sorted((r for g in gathered for r in g["rows"]), key=lambda r: r["index"])
         comp = sorted((c for g in gathered for c in g["comp"]), key=lambda c: c["index"])
         calls = [c for g in gathered for c in g["calls"]]
         total_secs = [t for g in gathered for t in g["secs"]]
-        methods = list(cfg["baselines"]) + [PADIS]
         summary = summarize(rows, methods, calls, total_secs, cfg, has_gt)
+        summary["failures"] = failures + [f for g in gathered for f in g["failures"]]
+        summary["resumed_images"] = sum(g["skipped"] for g in gathered)
         writer.write_metrics(rows)
         writer.write_summary(summary)
         writer.write_comparison(comp, methods)
