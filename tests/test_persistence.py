@@ -417,7 +417,8 @@ def test_hostile_pickles_are_refused(tmp_path, kind, loader):
     _no_side_effect(marker)
 
 
-def test_hostile_storage_bytes_get_a_weights_only_load(tmp_path):
+@pytest.mark.parametrize("loader", [load_network, load_snapshot])
+def test_hostile_storage_bytes_get_a_weights_only_load(tmp_path, loader):
     """A _load_from_bytes payload whose inner pickle calls os.system (torch's own
     _load_from_bytes would run it with weights_only=False)."""
     marker = tmp_path / "marker"
@@ -426,7 +427,7 @@ def test_hostile_storage_bytes_get_a_weights_only_load(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"ema": _Reduce(torch.storage._load_from_bytes, (inner.getvalue(),))}))
     with pytest.raises(CheckpointError, match=r"evil\.pkl is not a readable network pickle: .*weights-only"):
-        load_network(path)
+        loader(path)
     _no_side_effect(marker)
 
 

@@ -1,6 +1,7 @@
 """Property tests: random bytes and byte mutations (flip / truncate / insert) of valid
 .pkl / .safetensors / .json files fed to every loader. Each call either returns a network
-(or snapshot) or raises one of the intended clear errors, quickly; nothing else."""
+(or snapshot) or raises one of the intended clear errors, quickly; nothing else.
+Training states (``training_loop._load_state``, the --resume loader) get the same treatment."""
 
 from __future__ import annotations
 
@@ -118,3 +119,44 @@ def test_mutated_json(valid_files, mutation):
                   {"net.safetensors": files["net.safetensors"]})
     _try(load_network, path)
     _try(load_network, path.with_suffix(".safetensors"))
+
+
+@pytest.fixture(scope="module")
+def valid_state(tmp_path_factory):
+    """A small training state in the layout training.training_loop writes (torch.save, zip)."""
+    torch.manual_seed(0)
+    net = build_network("tiny", 16, 1, model_channels=8)
+    opt = torch.optim.Adam(net.parameters())
+    root = tmp_path_factory.mktemp("state-fuzz")
+    path = root / "training-state-000001.pt"
+    torch.save(dict(net=net.state_dict(), ema=net.state_dict(), optimizer=opt.state_dict(), step=1, nimg=4,
+                    tick=0, tick_start_nimg=0, nonfinite_total=0,
+                    rng=dict(size=torch.Generator().get_state(), data=[], cpu=[], cuda=[])), path)
+    return root, path.read_bytes()
+
+
+def _try_state(path: Path) -> None:
+    from training.training_loop import _load_state
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            state = _load_state(path)
+        except ValueError as exc:
+            assert "\n" not in str(exc) and path.name in str(exc), str(exc)
+            return
+    assert isinstance(state, dict) and {"net", "ema", "optimizer", "step", "nimg", "rng"} <= set(state)
+
+
+@FUZZ
+@given(data=st.binary(max_size=2048))
+def test_training_state_random_bytes(valid_state, data):
+    root, _ = valid_state
+    _try_state(_write(root, "training-state-000002.pt", data))
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_training_state_mutated(valid_state, mutation):
+    root, data = valid_state
+    _try_state(_write(root, "training-state-000002.pt", _mutate(data, *mutation)))
