@@ -5,14 +5,25 @@ image batch ``(B, C, H, W)`` (clean images in [0, 1] plus Gaussian noise of std 
 ``sigma`` a float or a ``(B,)`` tensor, and ``x0_hat`` of the same shape. ``prior.calls``
 counts batched network calls (``reset_calls()`` sets it to 0).
 
-Gradients: the priors never change the grad mode. Under ``torch.no_grad()`` they cost no
-autograd memory; DPS calls them with gradients enabled and backpropagates through them.
+Gradients: the priors never change the grad mode. Under ``torch.no_grad()`` or
+``torch.inference_mode()`` they cost no autograd memory; DPS calls them with gradients enabled
+and backpropagates through them. Cached tensors (canvas grid, overlap counts) are always made
+outside inference mode, so one prior serves both kinds of solver.
+
+Speed options (all priors, keyword-only): ``precision`` 'fp32' | 'bf16' | 'fp16' runs the
+network call (only it) under ``torch.autocast`` with that dtype (bf16 on CPU or CUDA, fp16 on
+CUDA only); the prior's output is float32 in every case. ``channels_last`` converts the network
+(in place) and its inputs to the channels-last memory format. ``compile`` runs the network
+through ``torch.compile``; if compiling fails (no C++ compiler, an unsupported op), a
+``RuntimeWarning`` says why and the network runs eagerly from then on.
 
 The cut/stitch helpers below are pure functions (no state, no randomness), tested by an exact
 extract -> stitch round trip (STYLE.md habit 4).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -94,14 +105,76 @@ def _sigma_vector(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
     return s.expand(batch)
 
 
-class _PriorBase:
-    """Call counting, chunked network calls and the cached canvas position grid."""
+# --precision name -> autocast dtype (None: plain float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, net: torch.nn.Module, batch: int | None = None):
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None for fp32), or a ValueError for
+    an unknown name or fp16 off CUDA (CPU autocast in fp16 is slow and loses accuracy)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+    device = torch.device(device)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device (this network is on {device}); "
+                         "use bf16 on CPU")
+    return PRECISIONS[precision]
+
+
+def _network_device(net: torch.nn.Module) -> torch.device:
+    param = next(iter(net.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+class CompiledNetwork:
+    """``torch.compile(net)`` with an eager fallback: the first exception from compiling or
+    from a compiled call is turned into one ``RuntimeWarning`` and the network runs without
+    compiling from then on (a genuine error in the call then surfaces from the eager run)."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net
+        self.compiled = None
+        self.failure: str | None = None
+        try:
+            self.compiled = torch.compile(net)
+        except Exception as exc:  # torch.compile itself may refuse (unsupported platform/Python)
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        self.failure = f"{type(exc).__name__}: {first}"
+        self.compiled = None
+        warnings.warn(f"compile: torch.compile failed ({self.failure}); running the network without "
+                      "compiling", RuntimeWarning, stacklevel=3)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:
+                self._fall_back(exc)
+        return self.net(*args)
+
+
+class _PriorBase:
+    """Call counting, chunked network calls, precision/layout/compile of the network call and
+    the cached canvas position grid."""
+
+    def __init__(self, net: torch.nn.Module, batch: int | None = None, *,
+                 precision: str = "fp32",      # fp32 | bf16 | fp16: autocast dtype of the network call.
+                 channels_last: bool = False,  # Network and inputs in channels-last memory format.
+                 compile: bool = False,        # torch.compile the network (eager fallback, warning).
+                 ):
         if batch is not None and batch < 1:
             raise ValueError(f"batch={batch}; expected a positive number of patches per call or None")
         self.net = net
         self.batch = batch
+        self.precision = precision
+        self.autocast_dtype = autocast_dtype(precision, _network_device(net))
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+        self.forward = CompiledNetwork(net) if compile else net
         self.calls = 0
         self._grid_key = None
         self._grid = None
@@ -117,20 +190,30 @@ class _PriorBase:
         """Position channels ``(1, 2, height, width)`` of the canvas, built once per size."""
         key = (height, width, like.device, like.dtype)
         if self._grid_key != key:
-            self._grid = position_grid(height, width, device=like.device, dtype=like.dtype)
+            with torch.inference_mode(False):  # a normal tensor: usable by DPS's autograd later
+                self._grid = position_grid(height, width, device=like.device, dtype=like.dtype)
             self._grid_key = key
         return self._grid
+
+    def network_call(self, x: torch.Tensor, sigma: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        """One network call on ``(n, C, h, w)`` inputs in the prior's precision and memory
+        format; returns float32 ``(n, C, h, w)``."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            pos = None if pos is None else pos.contiguous(memory_format=torch.channels_last)
+        dtype = self.autocast_dtype
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = self.forward(x, sigma, pos)
+        self.calls += 1
+        return out.float()
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         """Run the network on ``(n, C, h, w)`` patches, ``batch`` patches per call at most."""
         n = x.shape[0]
         step = n if self.batch is None else self.batch
-        outs = []
-        for start in range(0, n, step):
-            stop = start + step
-            outs.append(self.net(x[start:stop], sigma[start:stop],
-                                 None if pos is None else pos[start:stop]))
-            self.calls += 1
+        outs = [self.network_call(x[start:start + step], sigma[start:start + step],
+                                  None if pos is None else pos[start:start + step])
+                for start in range(0, n, step)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
@@ -151,8 +234,9 @@ class PatchPrior(_PriorBase):
                  pad: int,                  # Zero padding on each side of the image, pixels.
                  psize: int,                # Patch side, pixels.
                  batch: int | None = None,  # Max patches per network call; None = all at once.
+                 **speed,                   # precision, channels_last, compile (see _PriorBase).
                  ):
-        super().__init__(net, batch)
+        super().__init__(net, batch, **speed)
         self.pad = int(pad)
         self.psize = int(psize)
 
@@ -190,8 +274,8 @@ class WholeImagePrior(_PriorBase):
     2**(levels-1)) and cropped back. A position-aware network gets the grid of that canvas.
     """
 
-    def __init__(self, net: torch.nn.Module):
-        super().__init__(net, None)
+    def __init__(self, net: torch.nn.Module, **speed):
+        super().__init__(net, None, **speed)
         model = getattr(net, "model", None)
         self.multiple = 2 ** (getattr(model, "num_levels", 1) - 1)
 
@@ -222,12 +306,13 @@ class OverlapAveragePrior(_PriorBase):
                  stride: int,               # Step between patch corners, pixels (< psize overlaps).
                  pad: int = 0,              # Zero padding on each side of the image, pixels.
                  batch: int | None = None,  # Max patches per network call; None = all at once.
+                 **speed,                   # precision, channels_last, compile (see _PriorBase).
                  ):
         if not 1 <= stride <= psize:
             raise ValueError(f"OverlapAveragePrior: stride={stride}; expected 1 <= stride <= psize={psize}")
         if pad < 0:
             raise ValueError(f"OverlapAveragePrior: pad={pad}; expected >= 0")
-        super().__init__(net, batch)
+        super().__init__(net, batch, **speed)
         self.psize = int(psize)
         self.stride = int(stride)
         self.pad = int(pad)
@@ -259,8 +344,9 @@ class OverlapAveragePrior(_PriorBase):
         summed = F.fold(out, (nh, nw), p, stride=s)
         key = (nh, nw, x.device, x.dtype)
         if self._count_key != key:
-            ones = torch.ones(1, 1, nh, nw, device=x.device, dtype=x.dtype)
-            self._count = F.fold(F.unfold(ones, p, stride=s), (nh, nw), p, stride=s)
+            with torch.inference_mode(False):  # a normal tensor: usable by DPS's autograd later
+                ones = torch.ones(1, 1, nh, nw, device=x.device, dtype=x.dtype)
+                self._count = F.fold(F.unfold(ones, p, stride=s), (nh, nw), p, stride=s)
             self._count_key = key
         return (summed / self._count)[:, :, top:top + height, left:left + width]
 

@@ -27,7 +27,9 @@ Conventions shared by all solvers:
   scale of ``A``.
 * Non-finite values raise ``FloatingPointError`` naming the solver, the level and sigma.
 * Gradients: only ``dps`` with ``dc_grad='full'`` backpropagates through the prior (under
-  ``torch.enable_grad``); everything else runs under ``torch.no_grad``.
+  ``torch.enable_grad``); everything else runs under ``torch.inference_mode`` (no autograd
+  bookkeeping at all; the returned tensors are inference tensors: ``.clone()`` one outside
+  inference mode before using it in autograd). ``dps`` with ``'full'`` runs under ``no_grad``.
 """
 
 from __future__ import annotations
@@ -250,25 +252,27 @@ def sample_dps(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
     levels = _levels(sigmas, name)
     x = _start(op, y, levels[0], generator, x_init, init, name)
     scale = zeta / max(operator_norm(op, x), 1e-12)
-    for i, sigma in enumerate(levels):
-        last = i == len(levels) - 1
-        for _ in range(inner):
-            if dc_grad == "full":
-                with torch.enable_grad():
-                    xg = x.detach().requires_grad_(True)
-                    x0g = prior(xg, sigma, generator)
-                    g = torch.autograd.grad(residual_norm(op, y, x0g).sum(), xg)[0]
-                x0 = x0g.detach()
-            else:
-                x0 = prior(x, sigma, generator)
-                g = data_grad(op, y, x0)
-            x = langevin_step(x, x0, sigma, eps, generator, noise=not last) - scale * g
-        _check_finite(x, name, i, sigma)
-        _report(callback, i, sigma, x, x0)
+    # 'x0' needs no autograd at all: inference mode; 'full' differentiates through the prior.
+    with torch.inference_mode(dc_grad == "x0"):
+        for i, sigma in enumerate(levels):
+            last = i == len(levels) - 1
+            for _ in range(inner):
+                if dc_grad == "full":
+                    with torch.enable_grad():
+                        xg = x.detach().requires_grad_(True)
+                        x0g = prior(xg, sigma, generator)
+                        g = torch.autograd.grad(residual_norm(op, y, x0g).sum(), xg)[0]
+                    x0 = x0g.detach()
+                else:
+                    x0 = prior(x, sigma, generator)
+                    g = data_grad(op, y, x0)
+                x = langevin_step(x, x0, sigma, eps, generator, noise=not last) - scale * g
+            _check_finite(x, name, i, sigma)
+            _report(callback, i, sigma, x, x0)
     return _finish(x)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_langevin(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
                     x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
                     zeta: float = 0.3,   # Data-consistency step (times 1/||A||²) on ½||y - A x||².
@@ -294,7 +298,7 @@ def sample_langevin(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, gen
     return _finish(x)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_pc(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
               x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
               zeta: float = 0.3,        # Data-consistency step (times 1/||A||²) after each update.
@@ -334,7 +338,7 @@ def sample_pc(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator
     return _finish(x)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
                 x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
                 eta: float = 0.85,    # Renoise: 1 = fresh noise, 0 = deterministic (DDIM).
@@ -359,7 +363,7 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
     return _finish(x)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_dds(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
                x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
                lam: float = 0.1,      # Prior weight, relative to ||A||²: (AᵀA + lam ||A||² I).

@@ -181,3 +181,104 @@ def test_patch_prior_on_real_net_rgb():
     with torch.no_grad():
         out = PatchPrior(net, pad=4, psize=10)(x, 0.1, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------------------
+# Speed options: precision, channels-last, compile (issue 7)
+
+
+@pytest.fixture
+def busy_net():
+    """The tiny net with every weight random (a fresh net's output convolution is zero, so its
+    output would not depend on the precision at all)."""
+    torch.manual_seed(0)
+    net = build_network("tiny", img_resolution=32, image_channels=1).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    return net
+
+
+def _noisy(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 + 0.3 * torch.randn(2, 1, 32, 32, generator=g)
+
+
+def test_bf16_on_cpu_is_finite_float32_and_close_to_fp32(busy_net):
+    x = _noisy()
+    ref = PatchPrior(busy_net, pad=4, psize=12)(x, 0.5, offset=(1, 2))
+    with torch.inference_mode():
+        out = PatchPrior(busy_net, pad=4, psize=12, precision="bf16")(x, 0.5, offset=(1, 2))
+    assert out.dtype == torch.float32 and out.shape == x.shape and torch.isfinite(out).all()
+    diff = (out - ref).abs().max().item()
+    assert 0 < diff < 0.05 * ref.abs().max().item()  # bf16 really ran, and stayed close
+
+
+def test_fp16_on_cpu_and_unknown_precision_are_clear_errors(busy_net):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device.*use bf16 on CPU"):
+        PatchPrior(busy_net, pad=4, psize=12, precision="fp16")
+    with pytest.raises(ValueError, match=r"precision 'int8'; expected one of \['bf16', 'fp16', 'fp32'\]"):
+        WholeImagePrior(busy_net, precision="int8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_reduced_precision_on_cuda(busy_net, precision):
+    net = busy_net.to("cuda")
+    x = _noisy().to("cuda")
+    ref = PatchPrior(net, pad=4, psize=12)(x, 0.5, offset=(1, 2))
+    out = PatchPrior(net, pad=4, psize=12, precision=precision)(x, 0.5, offset=(1, 2))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_channels_last_gives_the_same_result(busy_net):
+    import copy
+    x = _noisy()
+    ref = PatchPrior(busy_net, pad=4, psize=12)(x, 0.5, offset=(3, 0))
+    net = copy.deepcopy(busy_net)
+    out = PatchPrior(net, pad=4, psize=12, channels_last=True)(x, 0.5, offset=(3, 0))
+    assert net.model.enc["32x32_conv"].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(busy_net, monkeypatch):
+    def broken_compile(model, **kwargs):
+        def run(*args):
+            raise RuntimeError("InductorError: no working C++ compiler\nlong details")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x = _noisy()
+    ref = PatchPrior(busy_net, pad=4, psize=12)(x, 0.5, offset=(0, 0))
+    prior = PatchPrior(busy_net, pad=4, psize=12, compile=True)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no working C\\+\\+ compiler.*without compiling"):
+        out = prior(x, 0.5, offset=(0, 0))
+    torch.testing.assert_close(out, ref)
+    assert prior.forward.failure.startswith("RuntimeError: InductorError")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(prior(x, 0.5, offset=(0, 0)), ref)  # eager now, no new warning
+    assert prior.calls == 2
+
+    def refusing_compile(model, **kwargs):
+        raise RuntimeError("Windows not yet supported for torch.compile")
+
+    monkeypatch.setattr(torch, "compile", refusing_compile)
+    with pytest.warns(RuntimeWarning, match="Windows not yet supported"):
+        prior = WholeImagePrior(busy_net, compile=True)
+    torch.testing.assert_close(prior(x, 0.5), WholeImagePrior(busy_net)(x, 0.5))
+
+
+def test_prior_used_in_inference_mode_then_with_autograd(tiny_patch_net):
+    """Cached canvas grid / overlap counts made under inference_mode must not break DPS's backward."""
+    gen = torch.Generator().manual_seed(0)
+    for prior in (PatchPrior(tiny_patch_net, pad=4, psize=12),
+                  OverlapAveragePrior(tiny_patch_net, psize=12, stride=6, pad=4)):
+        x = torch.rand(1, 1, 32, 32)
+        with torch.inference_mode():
+            prior(x, 0.3, gen)
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(prior(xg, 0.3, gen).square().sum(), xg)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0

@@ -147,7 +147,7 @@ class UNetBlock(torch.nn.Module):
         else:
             self.num_heads = num_heads if num_heads is not None else out_channels // channels_per_head
         self.dropout = dropout
-        self.skip_scale = skip_scale
+        self.skip_scale = float(skip_scale)  # a Python float: numpy scalars break torch.compile guards under inference_mode
         self.adaptive_scale = adaptive_scale
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
