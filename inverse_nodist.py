@@ -40,6 +40,12 @@ from inverse.samplers import SAMPLERS
 @click.option("--seed", default=0, type=int, help="Image i uses seed + i")
 @click.option("--device", default=None, help="[default: cuda if available, else cpu]")
 @click.option("--batch", type=click.IntRange(min=1), help="Max patches per network call [default: all]")
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Network call under autocast: bf16 (CPU or CUDA), fp16 (CUDA only)")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (falls back with a warning)")
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format for the network")
+@click.option("--images-per-batch", default=1, type=click.IntRange(min=1),
+              help="Solve K images of the same size together (their patches in one call); results depend on K")
 @click.option("--pad", default=24, type=click.IntRange(min=0), help="Zero padding of the image, pixels")
 @click.option("--psize", default=56, type=click.IntRange(min=1), help="Patch size, pixels")
 @click.option("--stride", type=click.IntRange(min=1), help="Patch stride of --prior average [default: psize//2]")
@@ -75,13 +81,17 @@ from inverse.samplers import SAMPLERS
 @click.option("--resume", type=click.Path(exists=True, file_okay=False),
               help="Complete this earlier run directory (same options): skip finished images, redo the rest")
 @click.option("--debug", is_flag=True, help="Show tracebacks")
-def main(input_, measurements, baselines, dry_run, debug, **opts):
+def main(input_, measurements, baselines, dry_run, debug, compile_, **opts):
     """Reconstruct images from simulated (--input) or given (--measurements) data with PaDIS."""
     if (input_ is None) == (measurements is None):
         raise click.UsageError("give exactly one of --input (ground truth) or --measurements")
     if measurements is not None and opts["image_size"] is None:
         raise click.UsageError("--measurements needs --image-size (the size of the images to reconstruct)")
     problem_kwargs = problem_options(opts)
+    device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    if opts["precision"] == "fp16" and not device.startswith("cuda"):
+        raise click.BadParameter(f"fp16 needs a CUDA device (--device is {device}); use bf16 on CPU",
+                                 param_hint="'--precision'")
     cfg = dict(
         network=check_network(opts["network"]), input=input_, measurements=measurements,
         image_size=opts["image_size"], mat_key=opts["mat_key"], normalize=opts["normalize"],
@@ -89,11 +99,13 @@ def main(input_, measurements, baselines, dry_run, debug, **opts):
         noise=opts["noise"] if opts["noise"] is not None else (0.005 if opts["problem"].startswith("ct") else 0.01),
         problem_kwargs=problem_kwargs,
         prior=opts["prior"], pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],
+        precision=opts["precision"], channels_last=opts["channels_last"], compile=compile_,
+        images_per_batch=opts["images_per_batch"],
         solver=opts["solver"], solver_kwargs=solver_options(opts),
         steps=opts["steps"], sigma_min=opts["sigma_min"], sigma_max=opts["sigma_max"],
         baselines=baselines, tv_weight=opts["tv_weight"], tv_iters=opts["tv_iters"],
         outdir=opts["outdir"], seed=opts["seed"], resume=opts["resume"],
-        device=opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=device,
     )
     if dry_run:
         import json

@@ -12,14 +12,25 @@ writes to ``config.json``). Keys (all present; ``None`` means "library default")
     problem        key of inverse.operators.OPERATORS; problem_kwargs: its options
     noise          measurement noise level passed to op.noise (0: none; see inverse.operators)
     prior          'patch' | 'whole' | 'average'; pad, psize, stride, batch: its geometry
+    precision, channels_last, compile   how the network runs (inverse.prior._PriorBase):
+                   'fp32' | 'bf16' | 'fp16' autocast, channels-last layout, torch.compile
+    images_per_batch   K: images of the same size solved together, their patches in one call
     solver         key of inverse.samplers.SAMPLERS; solver_kwargs: its options
     steps, sigma_min, sigma_max   EDM (rho 7) noise schedule (None: the solver's SCHEDULE_DEFAULTS)
     baselines      list of keys of inverse.baselines.BASELINES; tv_weight, tv_iters
     outdir, seed, device, progress
     resume         None, or a run directory of an earlier run with the same config to complete
 
-Each image ``i`` (in sorted order) uses its own generator seeded with ``seed + i`` (noise
-simulation and solver), so one image can be reconstructed alone with the same result.
+Each image ``i`` (in sorted order) uses its own generator seeded with ``seed + i``; its
+measurement noise is drawn from it, so measurements never depend on batching. With
+``images_per_batch`` 1 (the default) the solver continues that same generator, so one image can
+be reconstructed alone with the same result. With K > 1, consecutive images of the same size
+(in sorted order, after the images a resumed run already has) are solved as one batch of up to
+K images; the batch's solver randomness (noise and patch-grid offsets, one offset per call for
+all its images) continues the generator of its **first** image. A batch of one image is
+therefore exactly the K = 1 result, but results of images in larger batches depend on K and on
+which images share the batch (the same numbers again for the same inputs, seed and K).
+Per-image ``seconds`` then count an equal share of the batch's solve.
 Images are (1, C, H, W) float32 in [0, 1] on ``device``.
 
 Robustness: the output directory is checked for writability first. An input file that cannot
@@ -56,21 +67,26 @@ from torch_utils import misc
 
 PADIS = "padis"  # method name of our reconstruction in metrics.csv / summary.json
 
+# Keys added after the first release: a cfg (or an older run's config.json) without them means these.
+RUN_DEFAULTS = dict(precision="fp32", channels_last=False, compile=False, images_per_batch=1)
+SPEED_KEYS = ("precision", "channels_last", "compile")
 
-def _patch_prior(net, cfg):
+
+def _patch_prior(net, cfg, **speed):
     from inverse.prior import PatchPrior
-    return PatchPrior(net, pad=cfg["pad"], psize=cfg["psize"], batch=cfg["batch"])
+    return PatchPrior(net, pad=cfg["pad"], psize=cfg["psize"], batch=cfg["batch"], **speed)
 
 
-def _whole_prior(net, cfg):
+def _whole_prior(net, cfg, **speed):
     from inverse.prior import WholeImagePrior
-    return WholeImagePrior(net)
+    return WholeImagePrior(net, **speed)
 
 
-def _average_prior(net, cfg):
+def _average_prior(net, cfg, **speed):
     from inverse.prior import OverlapAveragePrior
     stride = cfg["stride"] if cfg["stride"] is not None else max(1, cfg["psize"] // 2)
-    return OverlapAveragePrior(net, psize=cfg["psize"], stride=stride, pad=cfg["pad"], batch=cfg["batch"])
+    return OverlapAveragePrior(net, psize=cfg["psize"], stride=stride, pad=cfg["pad"], batch=cfg["batch"],
+                               **speed)
 
 
 # --prior name -> builder(net, cfg). 'average' is the paper's overlapping-patch ablation.
@@ -97,7 +113,23 @@ def accepted_kwargs(fn: Callable, options: dict) -> tuple[dict, list[str]]:
 def build_prior(net: torch.nn.Module, cfg: dict):
     if cfg["prior"] not in PRIOR_BUILDERS:
         raise ValueError(f"unknown prior {cfg['prior']!r}; expected one of {sorted(PRIOR_BUILDERS)}")
-    return PRIOR_BUILDERS[cfg["prior"]](net, cfg)
+    cfg = {**RUN_DEFAULTS, **cfg}
+    return PRIOR_BUILDERS[cfg["prior"]](net, cfg, **{k: cfg[k] for k in SPEED_KEYS})
+
+
+def image_batches(items: list, k: int, key: Callable) -> list[list]:
+    """Split ``items`` (in order) into runs of consecutive items with equal ``key(item)``, each
+    cut into batches of at most ``k``."""
+    if k < 1:
+        raise ValueError(f"images_per_batch={k}; expected a positive number of images per solve")
+    batches: list[list] = []
+    for item in items:
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < k and key(last[-1]) == key(item):
+            last.append(item)
+        else:
+            batches.append([item])
+    return batches
 
 
 def check_prior_geometry(cfg: dict, shapes: set[tuple[int, int]]) -> None:
@@ -136,11 +168,12 @@ def _keep_valid(items: list, failures: list[dict], check: Callable) -> list:
 
 
 # Config keys that a resumed run (--resume RUN_DIR) may change: where and how it runs, not what.
-RESUME_FREE_KEYS = ("outdir", "device", "progress", "run_dir", "resume")
+RESUME_FREE_KEYS = ("outdir", "device", "progress", "run_dir", "resume", "compile")
 _PATH_KEYS = ("network", "input", "measurements")
 
 
 def _comparable(cfg: dict) -> dict:
+    cfg = {**RUN_DEFAULTS, **cfg}
     out = json.loads(json.dumps({k: v for k, v in cfg.items() if k not in RESUME_FREE_KEYS}, default=str))
     for k in _PATH_KEYS:
         if out.get(k) is not None:
@@ -227,7 +260,7 @@ def run(cfg: dict) -> dict:
     from inverse.samplers import SAMPLERS, get_sigmas_karras
     from torch_utils.persistence import load_network
 
-    cfg = dict(cfg)
+    cfg = {**RUN_DEFAULTS, **cfg}
     if cfg["solver"] in SAMPLERS:
         cfg.update(resolve_schedule(cfg))
     for name in cfg["baselines"]:
@@ -235,6 +268,7 @@ def run(cfg: dict) -> dict:
             raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
     if cfg["solver"] not in SAMPLERS:
         raise ValueError(f"unknown solver {cfg['solver']!r}; expected one of {sorted(SAMPLERS)}")
+    image_batches([], cfg["images_per_batch"], len)  # checks K
     own_pg = not ddp.is_initialized()
     device = ddp.init(cfg["device"])
     rank, world = ddp.rank(), ddp.world_size()
@@ -286,78 +320,98 @@ def run(cfg: dict) -> dict:
     rows, comp, calls, total_secs, done_failures = [], [], [], [], []
     skipped = 0
     mine = items[rank::world]
-    outer = tqdm(mine, desc="images", unit="img", disable=not verbose, position=0)
-    for index, name, file, arr in outer:
-        if index < rio.COMPARISON_MAX_ROWS:
-            comp_row = dict(index=index, name=name, gt=arr if has_gt else None)
+    pending = []
+    for index, name, file, arr in mine:
         record = writer.completed(name) if cfg.get("resume") else None
-        if record is not None:  # done by the run being resumed: read its results back
-            skipped += 1
-            rows.extend(record["rows"])
-            calls.append(record["calls"])
-            total_secs.append(record["seconds"])
-            if index < rio.COMPARISON_MAX_ROWS:
-                comp.append(dict(comp_row, psnr={r["method"]: r["psnr"] for r in record["rows"]},
-                                 images={m: np.load(run_dir / f"{name}_{t}.npy") for m, t in tags.items()}))
+        if record is None:
+            pending.append((index, name, file, arr))
             continue
-        if cfg.get("resume"):
-            writer.remove_partial(name, list(tags.values()))
-        shape = tuple(arr.shape[1:]) if has_gt else next(iter(shapes))
-        op = operator(shape)
-        gen = torch.Generator(device=device).manual_seed(cfg["seed"] + index)
-        t_start = time.perf_counter()
-        with torch.no_grad():
-            if has_gt:
-                x = torch.from_numpy(arr)[None].to(device)
-                y = op.A(x)
-                if cfg["noise"]:
-                    y = op.noise(y, cfg["noise"], gen)
-            else:
-                x = None
-                y = torch.from_numpy(arr)[None].to(device)
-        writer.save_measurement(name, y[0].detach().cpu().numpy())
+        skipped += 1  # done by the run being resumed: read its results back
+        rows.extend(record["rows"])
+        calls.append(record["calls"])
+        total_secs.append(record["seconds"])
+        if index < rio.COMPARISON_MAX_ROWS:
+            comp.append(dict(index=index, name=name, gt=arr if has_gt else None,
+                             psnr={r["method"]: r["psnr"] for r in record["rows"]},
+                             images={m: np.load(run_dir / f"{name}_{t}.npy") for m, t in tags.items()}))
 
-        results: dict[str, np.ndarray] = {}
-        secs: dict[str, float] = {}
-        for b in cfg["baselines"]:
-            kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))
+    def image_shape(item) -> tuple[int, int]:
+        return tuple(item[3].shape[1:]) if has_gt else next(iter(shapes))
+
+    outer = tqdm(total=len(mine), initial=skipped, desc="images", unit="img", disable=not verbose, position=0)
+    for group in image_batches(pending, cfg["images_per_batch"], image_shape):
+        op = operator(image_shape(group[0]))
+        prepared = []
+        for index, name, file, arr in group:  # measurement and baselines, one image at a time
+            if cfg.get("resume"):
+                writer.remove_partial(name, list(tags.values()))
+            gen = torch.Generator(device=device).manual_seed(cfg["seed"] + index)
+            t_start = time.perf_counter()
             with torch.no_grad():
-                xb, secs[b] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
-            results[b] = xb[0].detach().float().cpu().numpy()
+                if has_gt:
+                    y = op.A(torch.from_numpy(arr)[None].to(device))
+                    if cfg["noise"]:
+                        y = op.noise(y, cfg["noise"], gen)
+                else:
+                    y = torch.from_numpy(arr)[None].to(device)
+            writer.save_measurement(name, y[0].detach().cpu().numpy())
+            results: dict[str, np.ndarray] = {}
+            secs: dict[str, float] = {}
+            for b in cfg["baselines"]:
+                kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))
+                with torch.no_grad():
+                    xb, secs[b] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
+                results[b] = xb[0].detach().float().cpu().numpy()
+            prepared.append(dict(item=(index, name, file, arr), y=y, gen=gen, results=results, secs=secs,
+                                 seconds=time.perf_counter() - t_start))
 
-        bar = tqdm(total=len(sigmas), desc=name, unit="step", leave=False, disable=not verbose, position=1)
+        # One solve for the group; its randomness continues its first image's generator.
+        y = torch.cat([p["y"] for p in prepared])
+        bar = tqdm(total=len(sigmas), desc=group[0][1] if len(group) == 1 else f"{group[0][1]} +{len(group) - 1}",
+                   unit="step", leave=False, disable=not verbose, position=1)
         prior.reset_calls()
         try:
-            xr, secs[PADIS] = _seconds(lambda: sampler(prior, op, y, sigmas, gen,
-                                                       callback=lambda *_a, **_k: bar.update(1),
-                                                       **solver_kwargs), device)
-        except FloatingPointError as exc:  # this image diverged: record it, go on with the others
-            failure = rio.failure_record(file, f"reconstruction stopped: {exc}", image=name)
-            done_failures.append(failure)
-            print(f"failed {rio.failure_line(failure)}", file=sys.stderr)
+            xr, solve_s = _seconds(lambda: sampler(prior, op, y, sigmas, prepared[0]["gen"],
+                                                   callback=lambda *_a, **_k: bar.update(1),
+                                                   **solver_kwargs), device)
+        except FloatingPointError as exc:  # this solve diverged: record its images, go on with the others
+            together = f" (solved together with {len(group) - 1} other image(s))" if len(group) > 1 else ""
+            for _, name, file, _ in group:
+                failure = rio.failure_record(file, f"reconstruction stopped: {exc}{together}", image=name)
+                done_failures.append(failure)
+                print(f"failed {rio.failure_line(failure)}", file=sys.stderr)
+            outer.update(len(group))
             continue
         finally:
             bar.close()
-        results[PADIS] = xr[0].detach().float().cpu().numpy()
 
-        scores, image_rows = {}, []
-        for method, img in results.items():
-            writer.save_image(name, tags[method], img)
-            p = s = None
-            if has_gt:
-                p, s = float(psnr(img, arr)), float(ssim(img, arr))
-            scores[method] = p
-            image_rows.append(dict(index=index, image=name, method=method, psnr=p, ssim=s, seconds=secs[method]))
-        seconds = time.perf_counter() - t_start
-        writer.finish_image(name, dict(index=index, image=name, source=file, rows=image_rows,
-                                       calls=prior.calls, seconds=seconds))
-        rows.extend(image_rows)
-        calls.append(prior.calls)
-        total_secs.append(seconds)
-        if index < rio.COMPARISON_MAX_ROWS:
-            comp.append(dict(comp_row, images=results, psnr=scores))
-        if verbose and has_gt:
-            outer.set_postfix_str(f"{name}: PSNR {scores[PADIS]:.2f} dB")
+        for k, p in enumerate(prepared):  # save, score and report each image
+            index, name, file, arr = p["item"]
+            t_start = time.perf_counter()
+            results, secs = p["results"], p["secs"]
+            results[PADIS] = xr[k].detach().float().cpu().numpy()
+            secs[PADIS] = solve_s / len(prepared)
+            scores, image_rows = {}, []
+            for method, img in results.items():
+                writer.save_image(name, tags[method], img)
+                ps = ss = None
+                if has_gt:
+                    ps, ss = float(psnr(img, arr)), float(ssim(img, arr))
+                scores[method] = ps
+                image_rows.append(dict(index=index, image=name, method=method, psnr=ps, ssim=ss,
+                                       seconds=secs[method]))
+            seconds = p["seconds"] + secs[PADIS] + time.perf_counter() - t_start
+            writer.finish_image(name, dict(index=index, image=name, source=file, rows=image_rows,
+                                           calls=prior.calls, seconds=seconds))
+            rows.extend(image_rows)
+            calls.append(prior.calls)
+            total_secs.append(seconds)
+            if index < rio.COMPARISON_MAX_ROWS:
+                comp.append(dict(index=index, name=name, gt=arr if has_gt else None, images=results, psnr=scores))
+            if verbose and has_gt:
+                outer.set_postfix_str(f"{name}: PSNR {scores[PADIS]:.2f} dB")
+            outer.update(1)
+    outer.close()
 
     gathered = ddp.all_gather_object(dict(rows=rows, comp=comp, calls=calls, secs=total_secs,
                                           failures=done_failures, skipped=skipped))

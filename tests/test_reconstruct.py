@@ -256,3 +256,86 @@ def test_generate_writes_grid(assets, tmp_path):
     assert np.asarray(Image.open(run_dir / "grid.png")).shape == (2 * 34 - 2, 2 * 34 - 2)
     one_line_error(invoke(generate, ["--network", assets["net"], "--size", "32", "--pad", "8", "--psize", "16",
                                      "--outdir", tmp_path]), 1, "psize")
+
+
+# ----------------------------------------------------------------------------------------
+# Speed options (issue 7): --images-per-batch, --precision, --compile
+
+
+def _files(run_dir: Path) -> set[str]:
+    return {p.name for p in run_dir.iterdir() if p.name not in ("config.json",)}
+
+
+@pytest.mark.slow
+def test_images_per_batch_same_files_valid_metrics_and_tail_batch_equals_k1(assets, tmp_path):
+    images = tmp_path / "three"
+    images.mkdir()
+    for p in sorted(Path(assets["images"]).iterdir()):
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "img2.png").write_bytes((Path(assets["images"]) / "img0.png").read_bytes())
+    args = ["--input", images, "--problem", "deblur_gauss", "--kernel-size", "5", "--kernel-sigma", "1.5",
+            "--solver", "dds", "--steps", "3", "--baseline", "fbp", "--seed", "5"]
+    runs = {}
+    for k in (1, 2):
+        res = recon(assets, tmp_path / f"k{k}", *args, "--images-per-batch", k)
+        assert res.exit_code == 0, res.output
+        runs[k] = only_run_dir(tmp_path / f"k{k}")
+    assert _files(runs[1]) == _files(runs[2])
+    rows = {k: list(csv.DictReader(open(runs[k] / "metrics.csv"))) for k in runs}
+    assert [(r["image"], r["method"]) for r in rows[2]] == [(r["image"], r["method"]) for r in rows[1]]
+    assert all(np.isfinite(float(r["psnr"])) and float(r["psnr"]) > 5 and -1 <= float(r["ssim"]) <= 1
+               for r in rows[2])
+    for name in ("img0", "img1", "img2"):  # measurements never depend on K
+        np.testing.assert_array_equal(np.load(runs[2] / f"{name}_measurement.npy"),
+                                      np.load(runs[1] / f"{name}_measurement.npy"))
+    # img2 is a batch of one (batches [img0, img1], [img2]): exactly its K = 1 result.
+    np.testing.assert_array_equal(np.load(runs[2] / "img2_recon.npy"), np.load(runs[1] / "img2_recon.npy"))
+    # img0/img1 share a solve (noise and offsets from img0's generator): different, equally valid numbers.
+    assert not np.array_equal(np.load(runs[2] / "img1_recon.npy"), np.load(runs[1] / "img1_recon.npy"))
+    summary = json.loads((runs[2] / "summary.json").read_text())
+    assert summary["n_images"] == 3 and summary["config"]["images_per_batch"] == 2
+    assert summary["denoiser_calls_per_image"]["mean"] == 3  # one call per level serves the whole batch
+
+
+def test_image_batches_groups_consecutive_equal_sizes():
+    from inverse.reconstruct import image_batches
+    items = [(0, 32), (1, 32), (2, 32), (3, 16), (4, 32), (5, 32)]
+    out = image_batches(items, 2, key=lambda it: it[1])
+    assert [[i for i, _ in b] for b in out] == [[0, 1], [2], [3], [4, 5]]
+    assert [[i for i, _ in b] for b in image_batches(items, 1, key=lambda it: it[1])] == [[i] for i in range(6)]
+    with pytest.raises(ValueError, match="images_per_batch=0"):
+        image_batches(items, 0, key=lambda it: it[1])
+
+
+@pytest.mark.slow
+def test_precision_bf16_and_compile_fallback_from_cli(assets, tmp_path, monkeypatch):
+    def broken_compile(model, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    args = ["--problem", "denoise", "--noise", "0.05", "--steps", "2", "--baseline", "none", "--max-images", "1"]
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        res = recon(assets, tmp_path, *args, "--precision", "bf16", "--compile", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    run_dir = only_run_dir(tmp_path)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["precision"] == "bf16" and cfg["compile"] is True
+    rec = np.load(run_dir / "img0_recon.npy")
+    assert rec.dtype == np.float32 and np.isfinite(rec).all()
+
+
+def test_fp16_on_cpu_is_a_usage_error(assets, tmp_path):
+    res = recon(assets, tmp_path, "--problem", "denoise", "--precision", "fp16", "--device", "cpu")
+    one_line_error(res, 2, "--precision", "fp16 needs a CUDA device", "use bf16 on CPU")
+    assert not any(Path(tmp_path).iterdir())
+
+
+def test_resume_accepts_config_written_before_the_speed_options(tmp_path):
+    from inverse.reconstruct import RUN_DEFAULTS, check_resume_config
+    old = dict(problem="denoise", solver="dds", seed=0, outdir="out")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    check_resume_config(tmp_path, {**old, **RUN_DEFAULTS, "compile": True})  # compile is free
+    with pytest.raises(ValueError, match="option 'precision' was 'fp32' in that run, now 'bf16'"):
+        check_resume_config(tmp_path, dict(old, **dict(RUN_DEFAULTS, precision="bf16")))
