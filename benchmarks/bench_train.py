@@ -16,13 +16,24 @@ torch import, data and network are not counted; activations, gradients and Adam 
 plus the absolute peak.
 ``ratio`` = training memory / that of ``whole`` (target: <= 0.25 for the patch sizes).
 
+Throughput only: ``--skip-whole`` drops the (expensive) whole-image configuration (no ratio),
+``--patch-sizes`` picks patch sizes, ``--patches`` overrides the patches per step, and
+``--precision fp32,bf16`` (a comma list) runs every configuration once per precision (the loss
+under ``torch.autocast``, as in ``train.py --precision``). With ``--repeats R`` the
+(configuration, precision) runs go round-robin R times (A, B, A, B, ...: a shared machine's
+drift hits all alike) and the median seconds per step is reported; ``vs first`` = patches/s
+relative to the first precision of the same configuration.
+
     python benchmarks/bench_train.py --arch small --steps 3 --device cpu
+    python benchmarks/bench_train.py --arch ddpmpp --patch-sizes 64 --patches 4 --skip-whole \
+        --precision fp32,bf16 --steps 2 --repeats 2 --threads 1
 """
 
 from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -55,9 +66,13 @@ def _measure(spec: dict) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(spec["patches"], 1, res, res, device=device)
 
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(net, images, psize, gen).mean().backward()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(net, images, psize, gen)
+        loss.float().mean().backward()
         opt.step()
 
     if device.type == "cuda":
@@ -88,9 +103,16 @@ def _measure(spec: dict) -> dict:
 @click.option("--pad", type=int, default=64, help="Zero padding per side for patch training.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda if available).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, help="CPU threads per run.")
+@click.option("--patch-sizes", default="16,32,64", help="Comma list of patch sizes.")
+@click.option("--patches", type=click.IntRange(min=1), default=None,
+              help="Patches per step for every patch size (default: batch x the paper's batch_mul).")
+@click.option("--skip-whole", is_flag=True, help="No whole-image configuration (throughput only; no ratio).")
+@click.option("--precision", default="fp32", help="Comma list of fp32, bf16, fp16 (autocast of the loss).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, help="Round-robin repeats; median reported.")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(REPO / "benchmarks/results/bench_train.json"))
 @click.option("--worker", default=None, hidden=True, help="Internal: JSON spec of one configuration.")
-def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, out, worker):
+def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, patch_sizes, patches, skip_whole,
+         precision, repeats, out, worker):
     """Patches/s and peak memory per patch size vs whole-image training."""
     if worker is not None:
         print(json.dumps(_measure(json.loads(worker))))
@@ -100,36 +122,66 @@ def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, out,
         device = "cuda" if torch.cuda.is_available() else "cpu"
     from training.patch_loss import WHOLE, batch_multipliers
 
-    mul = batch_multipliers([16, 32, 64])
-    whole_batch = whole_batch or batch * mul[64]
-    configs = [(f"patch-{p}", p, batch * mul[p]) for p in (16, 32, 64)] + [("whole", WHOLE, whole_batch)]
+    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
+    if bad or not precisions:
+        raise click.BadParameter(f"{precision!r}: expected a comma list of fp32, bf16, fp16", param_hint="--precision")
+    if "fp16" in precisions and device != "cuda":
+        raise click.BadParameter("fp16 needs a CUDA device; use bf16 on CPU", param_hint="--precision")
+    sizes = [int(p) for p in patch_sizes.split(",") if p.strip()]
+    mul = batch_multipliers(sizes)
+    whole_batch = whole_batch or batch * mul[max(sizes)]
+    configs = [(f"patch-{p}", p, patches or batch * mul[p]) for p in sizes]
+    if not skip_whole:
+        configs.append(("whole", WHOLE, whole_batch))
+    runs = [(c, prec) for c in configs for prec in precisions]
+    secs: dict[tuple, list[float]] = {}
+    results: dict[tuple, dict] = {}
+    for r in range(repeats):
+        for (name, psize, count), prec in runs:
+            spec = dict(arch=arch, steps=steps, psize=psize, patches=count, resolution=resolution, pad=pad,
+                        device=device, threads=threads, precision=prec)
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                                  text=True, cwd=REPO)
+            if proc.returncode:
+                raise click.ClickException(f"{name} {prec} failed: {proc.stderr.strip().splitlines()[-1]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            secs.setdefault((name, prec), []).append(res["sec_per_step"])
+            results[(name, prec)] = res
+            click.echo(f"repeat {r + 1} {name} {prec}: {res['sec_per_step']:.3f} s/step", err=True)
     rows = []
-    for name, psize, patches in configs:
-        spec = dict(arch=arch, steps=steps, psize=psize, patches=patches, resolution=resolution, pad=pad,
-                    device=device, threads=threads)
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, cwd=REPO)
-        if proc.returncode:
-            raise click.ClickException(f"{name} failed: {proc.stderr.strip().splitlines()[-1]}")
-        rows.append(dict(config=name, patch=str(psize), patches_per_step=patches, batch_images=batch,
-                         **json.loads(proc.stdout.strip().splitlines()[-1])))
-    ref = rows[-1]["train_mem_mb"]
+    for (name, psize, count), prec in runs:
+        res = dict(results[(name, prec)])
+        res["sec_per_step"] = statistics.median(secs[(name, prec)])
+        res["patches_per_s"] = count / res["sec_per_step"]
+        rows.append(dict(config=name, patch=str(psize), precision=prec, patches_per_step=count, batch_images=batch,
+                         sec_per_step_all=secs[(name, prec)], **res))
+    whole_rows = [r for r in rows if r["config"] == "whole"]
     for row in rows:
-        row["mem_ratio_vs_whole"] = row["train_mem_mb"] / ref if ref > 0 else float("nan")
-    head = f"{'config':<10}{'patches/step':>13}{'patches/s':>11}{'s/step':>9}{'train MB':>10}{'peak MB':>9}{'ratio':>7}"
+        first = next(r for r in rows if r["config"] == row["config"])
+        row["speed_vs_first"] = row["patches_per_s"] / first["patches_per_s"]
+        ref = next((w["train_mem_mb"] for w in whole_rows if w["precision"] == row["precision"]), None)
+        row["mem_ratio_vs_whole"] = row["train_mem_mb"] / ref if ref else None
+    head = (f"{'config':<10}{'prec':>5}{'patches/step':>13}{'patches/s':>11}{'s/step':>9}{'vs first':>9}"
+            f"{'train MB':>10}{'peak MB':>9}{'ratio':>7}")
     lines = [f"arch={arch} device={device} image={resolution} pad={pad} batch={batch} steps={steps} "
-             f"threads={threads} params={rows[0]['params_m']:.2f}M", head]
+             f"threads={threads} repeats={repeats} (interleaved; median) params={rows[0]['params_m']:.2f}M", head]
     for r in rows:
-        lines.append(f"{r['config']:<10}{r['patches_per_step']:>13}{r['patches_per_s']:>11.1f}"
-                     f"{r['sec_per_step']:>9.3f}{r['train_mem_mb']:>10.0f}{r['peak_total_mb']:>9.0f}"
-                     f"{r['mem_ratio_vs_whole']:>7.3f}")
-    ok = all(r["mem_ratio_vs_whole"] <= 0.25 for r in rows[:-1])
-    lines.append(f"target (patch memory <= 1/4 of whole at the paper's batch settings): {'met' if ok else 'NOT met'}")
+        ratio = "-" if r["mem_ratio_vs_whole"] is None else f"{r['mem_ratio_vs_whole']:.3f}"
+        lines.append(f"{r['config']:<10}{r['precision']:>5}{r['patches_per_step']:>13}{r['patches_per_s']:>11.2f}"
+                     f"{r['sec_per_step']:>9.3f}{r['speed_vs_first']:>9.2f}{r['train_mem_mb']:>10.0f}"
+                     f"{r['peak_total_mb']:>9.0f}{ratio:>7}")
+    ok = None
+    if whole_rows:
+        ok = all(r["mem_ratio_vs_whole"] <= 0.25 for r in rows if r["config"] != "whole")
+        lines.append(f"target (patch memory <= 1/4 of whole at the paper's batch settings): "
+                     f"{'met' if ok else 'NOT met'}")
     click.echo("\n".join(lines))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(arch=arch, device=device, resolution=resolution, pad=pad, batch=batch,
-                                   steps=steps, threads=threads, rows=rows, target_met=ok), indent=2) + "\n")
+                                   steps=steps, threads=threads, precisions=precisions, repeats=repeats,
+                                   rows=rows, target_met=ok), indent=2) + "\n")
     click.echo(f"wrote {out}")
 
 

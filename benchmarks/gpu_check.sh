@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU check (issue 7): the CUDA tests and the benchmarks on one CUDA device, small iteration
+# counts, under 5 minutes in all (each step has its own time limit; the limits add up to 280 s).
+#
+#   bash benchmarks/gpu_check.sh
+#
+# Results (logs, JSON, status.txt with one "name rc seconds" line per step) go to
+# $OUT/gpu_check/ when OUT is set (the device tool's convention), else to
+# benchmarks/results/gpu_check/. Python: $PYTHON, else .venv/bin/python if present, else python.
+# Exit status: 0 when every step passed, 1 otherwise (every step runs regardless), 2 without CUDA.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${PYTHON:-}" ]]; then
+    PY=$PYTHON
+elif [[ -x .venv/bin/python ]]; then
+    PY=.venv/bin/python
+else
+    PY=python
+fi
+RES="${OUT:-benchmarks/results}/gpu_check"
+mkdir -p "$RES"
+: > "$RES/status.txt"
+
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA device visible to $PY (torch.cuda.is_available() is False)" | tee "$RES/status.txt"
+    exit 2
+fi
+nvidia-smi > "$RES/nvidia-smi.txt" 2>&1 || true
+"$PY" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))" \
+    > "$RES/torch.txt" 2>&1
+
+failed=0
+step() {  # step NAME LIMIT_S COMMAND...: run it, log to $RES/NAME.log, record "NAME rc seconds"
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" > "$RES/$name.log" 2>&1
+    local rc=$?
+    echo "$name rc=$rc $((SECONDS - t0)) s" | tee -a "$RES/status.txt"
+    tail -n 20 "$RES/$name.log"
+    if [[ $rc -ne 0 ]]; then failed=1; fi
+}
+
+# CUDA tests: the device-fixture tests ([cuda] ids) and the tests named *cuda*.
+step tests 80 "$PY" -m pytest -q tests -k cuda -p no:cacheprovider
+# Reconstruction cost per solver with the paper-size network (1 noise level each).
+step bench_recon 55 "$PY" benchmarks/bench_recon.py --arch ddpmpp --iters 1 --out "$RES/bench_recon.json"
+# Seconds per denoiser call: fp32 / bf16 / fp16 / channels-last, interleaved.
+step bench_speed 40 "$PY" benchmarks/bench_speed.py --arch ddpmpp --variants fp32,bf16,fp16,fp32+cl \
+    --repeats 5 --out "$RES/bench_speed.json"
+# Training throughput and memory per patch size vs whole-image, fp32 and bf16.
+step bench_train 60 "$PY" benchmarks/bench_train.py --arch ddpmpp --steps 2 --precision fp32,bf16 \
+    --out "$RES/bench_train.json"
+# Peak memory of one call, patch vs whole-image prior, 128/256/512.
+step bench_memory 45 "$PY" benchmarks/bench_memory.py --arch ddpmpp --sizes 128,256,512 --batch 5 \
+    --out "$RES/bench_memory.json"
+
+echo "gpu_check: results in $RES"
+cat "$RES/status.txt"
+exit $failed
