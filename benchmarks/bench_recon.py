@@ -164,7 +164,8 @@ def worker(cfg: dict) -> dict:
     net = build_network(cfg["arch"], img_resolution=384, image_channels=1).eval().requires_grad_(False).to(device)
     params = sum(p.numel() for p in net.parameters())
     net_stats, op_stats = dict(fwd=0.0, bwd=0.0, n=0), dict(fwd=0.0, bwd=0.0, n=0)
-    prior = PatchPrior(TimedNet(net, net_stats, device), pad=cfg["pad"], psize=cfg["psize"], batch=cfg["batch"])
+    prior = PatchPrior(TimedNet(net, net_stats, device), pad=cfg["pad"], psize=cfg["psize"], batch=cfg["batch"],
+                       precision=cfg["precision"], channels_last=cfg["channels_last"])
     size = cfg["size"]
     op = make_operator("ct_parbeam", (size, size), views=cfg["views"], device=device)
     gen = torch.Generator().manual_seed(0)
@@ -240,6 +241,9 @@ def format_table(results: list[dict]) -> str:
 @click.option("--pad", default=24, type=int)
 @click.option("--psize", default=56, type=int)
 @click.option("--batch", default=None, type=int, help="Max patches per network call [default: all]")
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Autocast of the network call (fp16: CUDA only)")
+@click.option("--channels-last", is_flag=True, help="Channels-last network and inputs")
 @click.option("--sigma-min", default=0.003, type=float)
 @click.option("--sigma-max", default=10.0, type=float)
 @click.option("--device", default=None, help="[default: cuda if available, else cpu]")
@@ -269,7 +273,8 @@ def main(worker_cfg, solvers, out, **opts):
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         click.echo(format_table(results[-1:]).splitlines()[-1], err=True)
     click.echo(f"ct_parbeam {opts['views']} views, {opts['size']}x{opts['size']}, pad {opts['pad']} psize "
-               f"{opts['psize']}, arch {opts['arch']}, device {opts['device']}, {opts['iters']} level(s) per solver")
+               f"{opts['psize']}, arch {opts['arch']}, device {opts['device']}, precision {opts['precision']}"
+               f"{' channels-last' if opts['channels_last'] else ''}, {opts['iters']} level(s) per solver")
     click.echo(format_table(results))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     from torch_utils.misc import atomic_write_json
