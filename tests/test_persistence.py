@@ -291,8 +291,9 @@ def test_pickle_round_trip(tmp_path, tiny_patch_net):
     assert _globals_of(data) == {"torch_utils.persistence._reconstruct_persistent_obj",
                                  "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
                                  "torch.storage._load_from_bytes", "torch.nn.modules.container.ModuleDict",
-                                 "collections.OrderedDict", "numpy._core.multiarray.scalar", "numpy.dtype",
-                                 "dnnlib.util.EasyDict"}
+                                 "collections.OrderedDict", "dnnlib.util.EasyDict"}
+    # (No numpy globals: UNetBlock.skip_scale is a Python float in our modules; the published
+    # pickles' numpy scalars are covered by the EDM-layout loading tests.)
     _assert_same_net(load_network(path), tiny_patch_net, outputs=True)
     snap = load_snapshot(path)
     assert set(snap) == {"ema", "loss_fn", "augment_pipe", "dataset_kwargs"}
