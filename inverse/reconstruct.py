@@ -339,79 +339,81 @@ def run(cfg: dict) -> dict:
         return tuple(item[3].shape[1:]) if has_gt else next(iter(shapes))
 
     outer = tqdm(total=len(mine), initial=skipped, desc="images", unit="img", disable=not verbose, position=0)
-    for group in image_batches(pending, cfg["images_per_batch"], image_shape):
-        op = operator(image_shape(group[0]))
-        prepared = []
-        for index, name, file, arr in group:  # measurement and baselines, one image at a time
-            if cfg.get("resume"):
-                writer.remove_partial(name, list(tags.values()))
-            gen = torch.Generator(device=device).manual_seed(cfg["seed"] + index)
-            t_start = time.perf_counter()
-            with torch.no_grad():
-                if has_gt:
-                    y = op.A(torch.from_numpy(arr)[None].to(device))
-                    if cfg["noise"]:
-                        y = op.noise(y, cfg["noise"], gen)
-                else:
-                    y = torch.from_numpy(arr)[None].to(device)
-            writer.save_measurement(name, y[0].detach().cpu().numpy())
-            results: dict[str, np.ndarray] = {}
-            secs: dict[str, float] = {}
-            for b in cfg["baselines"]:
-                kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))
+    try:  # close the bar on errors too: the one-line error must start its own line
+        for group in image_batches(pending, cfg["images_per_batch"], image_shape):
+            op = operator(image_shape(group[0]))
+            prepared = []
+            for index, name, file, arr in group:  # measurement and baselines, one image at a time
+                if cfg.get("resume"):
+                    writer.remove_partial(name, list(tags.values()))
+                gen = torch.Generator(device=device).manual_seed(cfg["seed"] + index)
+                t_start = time.perf_counter()
                 with torch.no_grad():
-                    xb, secs[b] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
-                results[b] = xb[0].detach().float().cpu().numpy()
-            prepared.append(dict(item=(index, name, file, arr), y=y, gen=gen, results=results, secs=secs,
-                                 seconds=time.perf_counter() - t_start))
+                    if has_gt:
+                        y = op.A(torch.from_numpy(arr)[None].to(device))
+                        if cfg["noise"]:
+                            y = op.noise(y, cfg["noise"], gen)
+                    else:
+                        y = torch.from_numpy(arr)[None].to(device)
+                writer.save_measurement(name, y[0].detach().cpu().numpy())
+                results: dict[str, np.ndarray] = {}
+                secs: dict[str, float] = {}
+                for b in cfg["baselines"]:
+                    kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))
+                    with torch.no_grad():
+                        xb, secs[b] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
+                    results[b] = xb[0].detach().float().cpu().numpy()
+                prepared.append(dict(item=(index, name, file, arr), y=y, gen=gen, results=results, secs=secs,
+                                     seconds=time.perf_counter() - t_start))
 
-        # One solve for the group; its randomness continues its first image's generator.
-        y = torch.cat([p["y"] for p in prepared])
-        bar = tqdm(total=len(sigmas), desc=group[0][1] if len(group) == 1 else f"{group[0][1]} +{len(group) - 1}",
-                   unit="step", leave=False, disable=not verbose, position=1)
-        prior.reset_calls()
-        try:
-            xr, solve_s = _seconds(lambda: sampler(prior, op, y, sigmas, prepared[0]["gen"],
-                                                   callback=lambda *_a, **_k: bar.update(1),
-                                                   **solver_kwargs), device)
-        except FloatingPointError as exc:  # this solve diverged: record its images, go on with the others
-            together = f" (solved together with {len(group) - 1} other image(s))" if len(group) > 1 else ""
-            for _, name, file, _ in group:
-                failure = rio.failure_record(file, f"reconstruction stopped: {exc}{together}", image=name)
-                done_failures.append(failure)
-                print(f"failed {rio.failure_line(failure)}", file=sys.stderr)
-            outer.update(len(group))
-            continue
-        finally:
-            bar.close()
+            # One solve for the group; its randomness continues its first image's generator.
+            y = torch.cat([p["y"] for p in prepared])
+            bar = tqdm(total=len(sigmas), desc=group[0][1] if len(group) == 1 else f"{group[0][1]} +{len(group) - 1}",
+                       unit="step", leave=False, disable=not verbose, position=1)
+            prior.reset_calls()
+            try:
+                xr, solve_s = _seconds(lambda: sampler(prior, op, y, sigmas, prepared[0]["gen"],
+                                                       callback=lambda *_a, **_k: bar.update(1),
+                                                       **solver_kwargs), device)
+            except FloatingPointError as exc:  # this solve diverged: record its images, go on with the others
+                together = f" (solved together with {len(group) - 1} other image(s))" if len(group) > 1 else ""
+                for _, name, file, _ in group:
+                    failure = rio.failure_record(file, f"reconstruction stopped: {exc}{together}", image=name)
+                    done_failures.append(failure)
+                    print(f"failed {rio.failure_line(failure)}", file=sys.stderr)
+                outer.update(len(group))
+                continue
+            finally:
+                bar.close()
 
-        for k, p in enumerate(prepared):  # save, score and report each image
-            index, name, file, arr = p["item"]
-            t_start = time.perf_counter()
-            results, secs = p["results"], p["secs"]
-            results[PADIS] = xr[k].detach().float().cpu().numpy()
-            secs[PADIS] = solve_s / len(prepared)
-            scores, image_rows = {}, []
-            for method, img in results.items():
-                writer.save_image(name, tags[method], img)
-                ps = ss = None
-                if has_gt:
-                    ps, ss = float(psnr(img, arr)), float(ssim(img, arr))
-                scores[method] = ps
-                image_rows.append(dict(index=index, image=name, method=method, psnr=ps, ssim=ss,
-                                       seconds=secs[method]))
-            seconds = p["seconds"] + secs[PADIS] + time.perf_counter() - t_start
-            writer.finish_image(name, dict(index=index, image=name, source=file, rows=image_rows,
-                                           calls=prior.calls, seconds=seconds))
-            rows.extend(image_rows)
-            calls.append(prior.calls)
-            total_secs.append(seconds)
-            if index < rio.COMPARISON_MAX_ROWS:
-                comp.append(dict(index=index, name=name, gt=arr if has_gt else None, images=results, psnr=scores))
-            if verbose and has_gt:
-                outer.set_postfix_str(f"{name}: PSNR {scores[PADIS]:.2f} dB")
-            outer.update(1)
-    outer.close()
+            for k, p in enumerate(prepared):  # save, score and report each image
+                index, name, file, arr = p["item"]
+                t_start = time.perf_counter()
+                results, secs = p["results"], p["secs"]
+                results[PADIS] = xr[k].detach().float().cpu().numpy()
+                secs[PADIS] = solve_s / len(prepared)
+                scores, image_rows = {}, []
+                for method, img in results.items():
+                    writer.save_image(name, tags[method], img)
+                    ps = ss = None
+                    if has_gt:
+                        ps, ss = float(psnr(img, arr)), float(ssim(img, arr))
+                    scores[method] = ps
+                    image_rows.append(dict(index=index, image=name, method=method, psnr=ps, ssim=ss,
+                                           seconds=secs[method]))
+                seconds = p["seconds"] + secs[PADIS] + time.perf_counter() - t_start
+                writer.finish_image(name, dict(index=index, image=name, source=file, rows=image_rows,
+                                               calls=prior.calls, seconds=seconds))
+                rows.extend(image_rows)
+                calls.append(prior.calls)
+                total_secs.append(seconds)
+                if index < rio.COMPARISON_MAX_ROWS:
+                    comp.append(dict(index=index, name=name, gt=arr if has_gt else None, images=results, psnr=scores))
+                if verbose and has_gt:
+                    outer.set_postfix_str(f"{name}: PSNR {scores[PADIS]:.2f} dB")
+                outer.update(1)
+    finally:
+        outer.close()
 
     gathered = ddp.all_gather_object(dict(rows=rows, comp=comp, calls=calls, secs=total_secs,
                                           failures=done_failures, skipped=skipped))
