@@ -93,7 +93,7 @@ def estimate_mb(rows: list[dict], prior: str, size: int, safety: float) -> float
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'prior':<7}{'size':>6}{'calls':>6}{'s/call':>9}{'call MB':>10}{'peak MB':>10}{'MB/Mpx':>9}"]
+    lines = [f"{'prior':<7}{'size':>6}{'calls':>6}{'seconds':>9}{'call MB':>10}{'peak MB':>10}{'MB/Mpx':>9}"]
     for r in rows:
         if "call_mb" not in r:
             lines.append(f"{r['prior']:<7}{r['size']:>6}  {r.get('skipped') or r.get('error')}")
