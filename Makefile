@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -x --timeout=600 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -x --timeout=600 tests
 
 demo: $(STAMP)
 	$(BIN)/python demo.py
