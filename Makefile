@@ -20,7 +20,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -x --timeout=600 tests
 
 demo: $(STAMP)
-	$(BIN)/python demo.py
+	$(BIN)/python -m inverse.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

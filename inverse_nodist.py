@@ -58,7 +58,7 @@ from inverse.samplers import SAMPLERS
 @click.option("--dc-grad", type=click.Choice(["full", "x0"]), help="dps: gradient through the network or at D(x) [default: full]")
 @click.option("--predictor", type=click.Choice(["sde", "ode"]), help="pc predictor [default: sde]")
 @click.option("--eta", type=float, help="ddnm/dds renoise: 1 fresh noise, 0 deterministic [default: ddnm 0.85, dds 1]")
-@click.option("--lam", type=float, help="dds prior weight relative to ||A||^2 [default: 0.1]")
+@click.option("--lam", type=float, help="dds prior weight relative to ||A||^2 [default: 0.01; 0.1 for deblurring]")
 @click.option("--cg-iters", type=click.IntRange(min=0), help="dds conjugate-gradient iterations per level [default: 5]")
 @click.option("--init", type=click.Choice(["pinv", "noise"]), help="Solver start [default: pinv]")
 @click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")

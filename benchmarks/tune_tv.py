@@ -41,7 +41,7 @@ def main(slice_path, weights, iters, cases, out):
     x = torch.from_numpy(image)[None]
     report = dict(slice=str(slice_path), iters=iters, cases={})
     for name in names:
-        problem, _, options, noise, _ = CASES[name]
+        problem, _, options, noise = CASES[name][:4]
         op = make_operator(problem, tuple(image.shape[1:]), channels=image.shape[0], **options)
         gen = torch.Generator().manual_seed(0)
         y = op.noise(op.A(x), noise, gen)

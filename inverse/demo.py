@@ -30,27 +30,29 @@ ONE_SLICE = HELD_OUT / "slice_049.png"
 # The solver settings of the demo (and of the CLI default): x0-space DDS, 20 levels from
 # pinv(y) + noise at sigma_max, CG data consistency, no backpropagation through the network.
 DEMO_SOLVER = dict(solver="dds", steps=20, sigma_min=0.003, sigma_max=1.0,
-                   solver_kwargs=dict(lam=None, cg_iters=None, eta=None, init=None))
+                   solver_kwargs=dict(cg_iters=5, eta=1.0, init="pinv"))
 TV_ITERS = 500
 
-# name -> (problem, input, problem options, noise level, TV weight)
+# name -> (problem, input, problem options, noise level, TV weight, dds lam). TV weights and
+# lam were chosen on held-out slice 004 (benchmarks/tune_tv.py, benchmarks/tune_solver.py).
 CASES = {
-    "ct_parbeam_20": ("ct_parbeam", HELD_OUT, dict(views=20), 0.005, 1e-3),
-    "ct_fanbeam_60": ("ct_fanbeam", ONE_SLICE, dict(views=60), 0.005, 3e-4),
-    "ct_lact_120deg": ("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, 3e-4),
-    "deblur_uniform_9": ("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, 1e-3),
-    "super_x4": ("super", ONE_SLICE, dict(factor=4), 0.01, 3e-2),
+    "ct_parbeam_20": ("ct_parbeam", HELD_OUT, dict(views=20), 0.005, 1e-3, 0.01),
+    "ct_fanbeam_40": ("ct_fanbeam", ONE_SLICE, dict(views=40), 0.005, 1e-3, 0.01),
+    "ct_lact_120deg": ("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, 3e-4, 0.003),
+    "deblur_uniform_9": ("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, 1e-3, 0.1),
+    "super_x4": ("super", ONE_SLICE, dict(factor=4), 0.01, 3e-2, 0.01),
 }
 
 
 def case_config(name: str, network: str, outdir: Path, device: str, seed: int, pad: int, psize: int) -> dict:
-    problem, source, options, noise, tv_weight = CASES[name]
+    problem, source, options, noise, tv_weight, lam = CASES[name]
     cfg = dict(network=network, input=str(source), measurements=None, image_size=None, mat_key="images",
                normalize=False, max_images=None, problem=problem, noise=noise, problem_kwargs=dict(options),
                prior="patch", pad=pad, psize=psize, stride=None, batch=None,
                baselines=["fbp", "tv"], tv_weight=tv_weight, tv_iters=TV_ITERS,
                outdir=str(outdir), seed=seed, device=device)
     cfg.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in DEMO_SOLVER.items()})
+    cfg["solver_kwargs"]["lam"] = lam
     return cfg
 
 
