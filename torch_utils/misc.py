@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 _RUN_RE = re.compile(r"^(\d{5})-")
-_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # atomic_path's ".NAME.XXXXXXXX.tmp"
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # atomic_path's ".NAME.<random>.tmp"
 # Test hook (used by the kill-and-resume tests): "GLOB:SECONDS" makes atomic_path sleep after the
 # content of a file whose name matches GLOB is written to its temporary name, before the rename,
 # so a test can kill the process while the temporary file exists.
