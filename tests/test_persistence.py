@@ -27,15 +27,6 @@ from training.networks import build_network
 from training.patch_loss import PatchEDMLoss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny forwards are fastest on one thread on a shared machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _probe(net: torch.nn.Module) -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
     x = torch.rand(2, 1, 8, 8, generator=g)

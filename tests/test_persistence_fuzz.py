@@ -32,8 +32,6 @@ class _Files(dict):
 @pytest.fixture(scope="module")
 def valid_files():
     """A small network saved in every format, plus a scratch directory."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     net = build_network("tiny", 16, 1, model_channels=8)
     root = Path(tempfile.mkdtemp(prefix="padis-fuzz-"))
@@ -43,7 +41,6 @@ def valid_files():
     files = _Files((name, (root / name).read_bytes()) for name in ("net.safetensors", "net.json", "net.pkl"))
     yield root, files
     shutil.rmtree(root, ignore_errors=True)
-    torch.set_num_threads(threads)
 
 
 def _try(loader, path: Path) -> None:

@@ -14,15 +14,6 @@ from inverse.prior import (
 from training.networks import build_network, position_grid
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a loaded shared machine two threads are slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Identity(torch.nn.Module):
     """D(x) = x; records what it was called with."""
 

@@ -74,16 +74,6 @@ def run(name, prior, op, y, seed=0, steps=6, sigma_max=1.0, **kw):
     return SAMPLERS[name](prior, op, y, sigmas, torch.Generator().manual_seed(seed), **{**FAST[name], **kw})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a loaded shared machine two threads make
-    these tests 50x slower (spin-waiting); restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def prior(tiny_patch_net):
     return PatchPrior(tiny_patch_net, pad=4, psize=10)
