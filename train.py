@@ -53,6 +53,7 @@ def _int_list(ctx, param, value):
 @click.option("--real-p", type=click.FloatRange(0, 1), default=0.5, help="Probability of the largest patch.")
 @click.option("--pad-width", type=click.IntRange(min=0), default=64, help="Zero padding per side, pixels.")
 @click.option("--patch-sizes", default="16,32,64", help="Patch sizes, or 'whole' (use --pad-width 0).")
+@click.option("--no-pos", is_flag=True, help="No position channels (ablation: a plain EDM denoiser on patches).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Autocast.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0 = default).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda if available.")
@@ -86,6 +87,7 @@ def main(**opts):
                ema_rampup_ratio=opts["ema_rampup"] or None, duration_mimg=opts["duration"],
                tick_kimg=opts["tick"], snap_ticks=opts["snap"], dump_ticks=opts["dump"], seed=opts["seed"],
                real_p=opts["real_p"], pad_width=opts["pad_width"], patch_sizes=opts["patch_sizes"],
+               positional=not opts["no_pos"],
                precision=opts["precision"], workers=opts["workers"], device=opts["device"],
                resume=opts["resume"], max_nonfinite=opts["max_nonfinite"], progress=not opts["no_progress"])
     cfg = run_or_fail(training_loop.resolve_config, cfg, opts["debug"])

@@ -205,8 +205,11 @@ def write_mat(path: Path, images: np.ndarray, overwrite: bool) -> None:
 def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head", hu_min: float = HU_MIN,
           hu_max: float = HU_MAX, tissue_hu: float = TISSUE_HU, min_tissue: float = MIN_TISSUE,
           stride: int = STRIDE, min_test: int = MIN_TEST, ship: str | Path | None = None,
-          overwrite: bool = False) -> dict:
-    """Make the data set (see the module docstring); returns the split record written to split.json."""
+          overwrite: bool = False, small_train: tuple[int, ...] = ()) -> dict:
+    """Make the data set (see the module docstring); returns the split record written to split.json.
+
+    ``small_train``: for each N also write ``train_N.mat`` with N training slices evenly spaced
+    through the volume (the data-efficiency ablation); their indices go to split.json."""
     path = find_inv3(source)
     hu, meta = read_inv3(path)
     hu = orient_upright(hu)
@@ -225,9 +228,17 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
         "train_indices": train.tolist(),
         "test_indices": test.tolist(),
     }
+    subsets = {}
+    for n in small_train:
+        if not 1 <= n <= len(train):
+            raise ValueError(f"--small-train: {n} is not between 1 and the {len(train)} training slices")
+        subsets[n] = train[np.round(np.linspace(0, len(train) - 1, n)).astype(int)]
+        record[f"train_{n}_indices"] = subsets[n].tolist()
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     write_mat(out / "train.mat", images[train], overwrite)
+    for n, idx in subsets.items():
+        write_mat(out / f"train_{n}.mat", images[idx], overwrite)
     write_pngs(out / "train", images[train], train, overwrite)
     write_pngs(out / "test", images[test], test, overwrite)
     write_npz(out / "test.npz", {"images": images[test], "slice_indices": test}, overwrite)
@@ -257,6 +268,8 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
 @click.option("--min-test", type=click.IntRange(min=1), default=MIN_TEST, show_default=True)
 @click.option("--ship", type=click.Path(path_type=Path), default=None,
               help="Also write the held-out split here (e.g. datasets/ct_head).")
+@click.option("--small-train", type=click.IntRange(min=1), multiple=True,
+              help="Also write train_N.mat with N evenly spaced training slices (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def main(**kwargs) -> None:
     """Make data/ct_head (train.mat, pngs, test.npz, split.json) from the InVesalius Cranium CT."""

@@ -199,3 +199,16 @@ def test_real_cranium(tmp_path: Path):
     shipped = ROOT / "datasets" / "ct_head" / "test.npz"
     if shipped.exists():  # the committed held-out split is what the script makes
         assert shipped.read_bytes() == (tmp_path / "ct" / "test.npz").read_bytes()
+
+
+def test_small_train_subset(inv3: Path, tmp_path: Path):
+    rec = mch.build(source=inv3.parent, outdir=tmp_path, small_train=(5,))
+    sub = rec["train_5_indices"]
+    assert len(sub) == 5 and set(sub) <= set(rec["train_indices"])
+    assert sub[0] == rec["train_indices"][0] and sub[-1] == rec["train_indices"][-1]  # spread end to end
+    images = scipy.io.loadmat(tmp_path / "train_5.mat")["images"]
+    full = scipy.io.loadmat(tmp_path / "train.mat")["images"]
+    pos = [rec["train_indices"].index(i) for i in sub]
+    np.testing.assert_array_equal(images, full[:, :, pos])
+    with pytest.raises(ValueError, match="--small-train"):
+        mch.build(source=inv3.parent, outdir=tmp_path / "x", small_train=(10_000,))

@@ -196,6 +196,20 @@ def test_whole_image_baseline_bf16(data_dir, tmp_path):
     assert net.pos_channels == 0 and net.img_resolution == 16
 
 
+def test_no_pos_ablation_trains_a_plain_patch_denoiser(data_dir, tmp_path):
+    _train(["--data", data_dir, "--outdir", tmp_path, "--duration", 0.0002] + BASE + ["--no-pos"])
+    [run] = _runs(tmp_path)
+    assert json.loads((run / "config.json").read_text())["positional"] is False
+    from inverse.prior import PatchPrior
+    from torch_utils.persistence import load_network
+
+    [snap] = list(run.glob("network-snapshot-*.safetensors"))
+    net = load_network(snap)
+    assert net.pos_channels == 0 and net.img_resolution == 24  # the padded canvas, as with positions
+    prior = PatchPrior(net, pad=4, psize=10)  # stitches like the position-aware prior, without positions
+    assert not prior.positional and prior(torch.rand(1, 1, 16, 16), 0.5, torch.Generator().manual_seed(0)).shape == (1, 1, 16, 16)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(data_dir, tmp_path):
     env = dict(os.environ, PADIS_DEBUG_CHECKSUM_DIR=str(tmp_path / "sums"), OMP_NUM_THREADS="1")

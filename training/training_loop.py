@@ -80,6 +80,7 @@ DEFAULTS: dict[str, Any] = dict(
     real_p=0.5,                  # Probability of the largest patch size.
     pad_width=64,                # Zero padding on each side of the image (pixels).
     patch_sizes=[16, 32, 64],    # Patch sizes (ints ascending, or ['whole']).
+    positional=True,             # Position channels (False: ablation; always False for 'whole').
     precision="fp32",            # fp32 | bf16 | fp16 (autocast; GradScaler for fp16 on CUDA).
     workers=0,                   # CPU threads for torch (0: torch default).
     device=None,                 # cpu | cuda (default: cuda if available).
@@ -239,7 +240,7 @@ def _run(c: dict, device: torch.device) -> dict:
 
     # Network (identical initialisation on every rank), loss, optimizer, EMA.
     torch.manual_seed(c["seed"])
-    positional = sizes != [WHOLE]
+    positional = c.get("positional", True) and sizes != [WHOLE]
     net = build_network(c["arch"], img_resolution=max(canvas), image_channels=dataset.channels,
                         positional=positional, **c["arch_overrides"]).to(device)
     factor = 2 ** (len(net.init_kwargs["channel_mult"]) - 1)
