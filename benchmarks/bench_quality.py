@@ -1,0 +1,320 @@
+"""Quality benchmark: the paper's comparisons at CPU scale, on the held-out CT head slices.
+
+    python benchmarks/bench_quality.py --network checkpoints/ct_head_small.safetensors \\
+        --whole-network runs/ablation/.../network-snapshot-XXXXXX.safetensors \\
+        --outdir benchmarks/results/quality --threads 1
+
+For every problem of ``PROBLEMS`` (CT parallel beam 20 and 8 views, fan beam 40 views,
+limited angle 120 degrees, 9x9 uniform deblurring, 4x super-resolution) and every method of
+``METHODS`` (FBP/pinv, TV run to convergence, PaDIS with each solver, whole-image diffusion,
+overlapping-patch averaging) this runs ``inverse.reconstruct.run`` -- the same code path as
+``inverse_nodist.py``, so every cell can be reproduced from its ``config.json`` -- on the
+held-out slices except the tuning slice (``--exclude``, default ``slice_004``: TV weights and
+the dds ``lam`` were chosen on it). Each image's measurement noise is seeded by its index, so
+all methods of a problem see the same measurements.
+
+Output, in a new directory ``OUTDIR/NNNNN-quality/`` (or ``--run-dir``, to add cells to or
+finish an earlier benchmark: cells already there are skipped): one sub-run per cell, each
+cell's summary in ``cells/PROBLEM__METHOD.json``, and from all cells ``quality.json``,
+``quality.md`` (mean and std of PSNR/SSIM, seconds and network calls per image) and
+``psnr_vs_seconds.png`` (CT 20 views: PSNR against seconds per image for every solver setting,
+the default marked). ``--report DIR`` only rebuilds the table and plot.
+
+Cost: the paper-setting solvers (``dps``, ``dps_x0``, ``langevin``: 100 levels x 10 inner
+iterations, ~1000 network calls per image) run on ``--expensive-slices`` slices of CT 20
+views only, unless ``--expensive-problems`` says otherwise; everything else runs on
+``--slices`` slices. ``--smoke`` (the test suite's version) caps steps, inner iterations and
+TV iterations so a tiny network finishes in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from inverse.demo import CASES  # noqa: E402  (after the path insert, as in the other benchmarks)
+from torch_utils import misc  # noqa: E402
+
+# problem name -> (operator, options, noise, TV weight, dds lam). The demo's cases plus 8-view CT;
+# weights tuned on slice 004 (benchmarks/tune_tv.py --set quality).
+PROBLEMS = {
+    "ct_parbeam_20": CASES["ct_parbeam_20"][:1] + CASES["ct_parbeam_20"][2:],
+    "ct_parbeam_8": ("ct_parbeam", dict(views=8), 0.005, 3e-3, 0.01),
+    **{k: CASES[k][:1] + CASES[k][2:] for k in ("ct_fanbeam_40", "ct_lact_120deg", "deblur_uniform_9", "super_x4")},
+}
+
+TV_ITERS = 2000  # PDHG iterations: run to convergence (500 lost ~1 dB on 20-view CT)
+PAPER = dict(pad=24, psize=56)
+
+# method -> how it runs. 'baselines' rows come from the dds cell's run (the same measurements).
+# Everything else: prior, solver, schedule and solver options; 'tier' 'expensive' = ~1000 calls.
+METHODS = {
+    "fbp": dict(label="FBP / pinv", baseline=True, settings="filtered backprojection / pseudo-inverse"),
+    "tv": dict(label="TV (PDHG)", baseline=True, settings=f"{TV_ITERS} PDHG iterations, weight tuned on slice 004"),
+    "dds": dict(label="PaDIS dds (default)", prior="patch", solver="dds", steps=20, sigma_max=1.0,
+                kwargs=dict(cg_iters=5, eta=1.0), settings="20 levels, sigma_max 1, 5 CG, lam per problem"),
+    "dds30": dict(label="PaDIS dds 30", prior="patch", solver="dds", steps=30, sigma_max=1.0,
+                  kwargs=dict(cg_iters=5, eta=1.0), settings="30 levels, sigma_max 1, 5 CG"),
+    "ddnm": dict(label="PaDIS DDNM", prior="patch", solver="ddnm", steps=100, sigma_max=10.0, kwargs={},
+                 settings="100 levels, eta 0.85"),
+    "pc": dict(label="PaDIS PC", prior="patch", solver="pc", steps=100, sigma_max=10.0, kwargs={},
+               settings="100 levels, 1 corrector"),
+    "langevin": dict(label="PaDIS Langevin", prior="patch", solver="langevin", steps=100, sigma_max=10.0,
+                     kwargs=dict(inner=10), settings="100 levels x 10 (paper)", tier="expensive"),
+    "dps": dict(label="PaDIS DPS (paper)", prior="patch", solver="dps", steps=100, sigma_max=10.0,
+                kwargs=dict(inner=10, dc_grad="full"), settings="100 levels x 10, gradient through the net (paper)",
+                tier="expensive"),
+    "dps_x0": dict(label="PaDIS DPS x0", prior="patch", solver="dps", steps=100, sigma_max=10.0,
+                   kwargs=dict(inner=10, dc_grad="x0"), settings="100 levels x 10, gradient at D(x)",
+                   tier="expensive"),
+    "whole": dict(label="whole-image diffusion", prior="whole", solver="dds", steps=20, sigma_max=1.0,
+                  kwargs=dict(cg_iters=5, eta=1.0), settings="whole-image network, dds as default",
+                  network="whole"),
+    "average": dict(label="patch averaging", prior="average", solver="dds", steps=20, sigma_max=1.0,
+                    kwargs=dict(cg_iters=5, eta=1.0), settings="56-px patches, stride 28, averaged; dds"),
+}
+DEFAULT_METHOD = "dds"
+PLOT_PROBLEM = "ct_parbeam_20"
+
+
+def select_images(images: Path, exclude: list[str], n: int | None) -> list[Path]:
+    """Image files of ``images`` (sorted) without those whose stem is in ``exclude``; the first ``n``."""
+    from training.dataset import list_image_files
+    files = [Path(f) for f in list_image_files(images) if Path(f).stem not in exclude]
+    if not files:
+        raise click.UsageError(f"--images {images}: no images left after --exclude {','.join(exclude)}")
+    return files[:n] if n else files
+
+
+def stage_inputs(files: list[Path], folder: Path) -> Path:
+    """Copy the chosen images into ``folder`` (the run reads a directory)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if not (folder / f.name).exists():
+            shutil.copy2(f, folder / f.name)
+    return folder
+
+
+def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir: Path, device: str,
+                seed: int, caps: dict) -> dict:
+    """The ``inverse.reconstruct.run`` config of one (problem, method) cell."""
+    op, options, noise, tv_weight, lam = PROBLEMS[problem]
+    m = METHODS[method]
+    kwargs = dict(m["kwargs"])
+    if m["solver"] == "dds":
+        kwargs["lam"] = lam
+    steps = m["steps"] if caps.get("steps") is None else min(m["steps"], caps["steps"])
+    if "inner" in kwargs and caps.get("inner") is not None:
+        kwargs["inner"] = min(kwargs["inner"], caps["inner"])
+    return dict(network=networks[m.get("network", "patch")], input=str(inputs), measurements=None,
+                image_size=None, mat_key="images", normalize=False, max_images=None, problem=op,
+                noise=noise, problem_kwargs=dict(options), prior=m["prior"], stride=None, batch=None,
+                pad=caps.get("pad", PAPER["pad"]), psize=caps.get("psize", PAPER["psize"]), solver=m["solver"], steps=steps, sigma_min=0.003, sigma_max=m["sigma_max"],
+                solver_kwargs=kwargs,
+                baselines=["fbp", "tv"] if method == DEFAULT_METHOD else [], tv_weight=tv_weight,
+                tv_iters=caps.get("tv_iters") or TV_ITERS, outdir=str(outdir), seed=seed, device=device,
+                progress=False)
+
+
+def cell_record(problem: str, method: str, summary: dict, source: str = "padis") -> dict:
+    """What the table needs from one run's summary (``source``: which method of the run)."""
+    s = summary["methods"][source]
+    padis = source == "padis"
+    return dict(problem=problem, method=method, n_images=summary["n_images"], psnr=s["psnr"], ssim=s["ssim"],
+                seconds_per_image=s["seconds_per_image"],
+                calls_per_image=summary["denoiser_calls_per_image"] if padis else None,
+                run_dir=summary["run_dir"], failures=len(summary.get("failures", [])))
+
+
+def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list[Path], device: str,
+             seed: int, caps: dict) -> list[dict]:
+    """Run one cell (the dds cell also yields the FBP and TV rows); write cells/*.json atomically."""
+    from inverse.reconstruct import run
+    inputs = stage_inputs(files, bench / "inputs" / f"n{len(files)}")
+    cfg = cell_config(problem, method, networks, inputs, bench / "runs" / problem, device, seed, caps)
+    t0 = time.perf_counter()
+    summary = run(cfg)
+    records = [cell_record(problem, method, summary)]
+    if method == DEFAULT_METHOD:
+        records += [cell_record(problem, b, summary, source=b) for b in ("fbp", "tv")]
+    (bench / "cells").mkdir(parents=True, exist_ok=True)
+    for r in records:
+        r["wall_seconds"] = time.perf_counter() - t0
+        r["settings"] = METHODS[r["method"]]["settings"]
+        misc.atomic_write_json(bench / "cells" / f"{problem}__{r['method']}.json", r, overwrite=True)
+    return records
+
+
+def load_cells(bench: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((bench / "cells").glob("*.json"))]
+
+
+def _ms(d: dict | None, fmt: str) -> str:
+    return "-" if d is None or d.get("mean") is None else f"{d['mean']:{fmt}} ± {d['std']:{fmt}}"
+
+
+def quality_table(cells: list[dict]) -> str:
+    """Markdown: one row per problem and method, in PROBLEMS x METHODS order."""
+    by = {(c["problem"], c["method"]): c for c in cells}
+    lines = ["| problem | method | n | PSNR [dB] | SSIM | s/image | calls/image | settings |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in PROBLEMS:
+        for m, spec in METHODS.items():
+            c = by.get((p, m))
+            if c is None:
+                continue
+            calls = "-" if c["calls_per_image"] is None else f"{c['calls_per_image']['mean']:.0f}"
+            lines.append(f"| {p} | {spec['label']} | {c['n_images']} | {_ms(c['psnr'], '.2f')} | "
+                         f"{_ms(c['ssim'], '.4f')} | {c['seconds_per_image']['mean']:.1f} | {calls} | "
+                         f"{spec['settings']} |")
+    return "\n".join(lines)
+
+
+def plot_psnr_vs_seconds(cells: list[dict], path: Path, problem: str = PLOT_PROBLEM) -> bool:
+    """PSNR against seconds per image for the diffusion methods of ``problem`` (log x), TV as a
+    line; the default solver marked. False if there is nothing to plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [c for c in cells if c["problem"] == problem and c["psnr"] and c["psnr"].get("mean") is not None]
+    points = [c for c in mine if c["calls_per_image"] is not None]
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for c in points:
+        default = c["method"] == DEFAULT_METHOD
+        ax.scatter(c["seconds_per_image"]["mean"], c["psnr"]["mean"], s=80 if default else 36,
+                   marker="*" if default else "o", color="C3" if default else "C0", zorder=3)
+        ax.annotate(f"{METHODS[c['method']]['label']} (n={c['n_images']})",
+                    (c["seconds_per_image"]["mean"], c["psnr"]["mean"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    for c in mine:
+        if c["method"] in ("tv", "fbp"):
+            ax.axhline(c["psnr"]["mean"], color="gray", ls="--" if c["method"] == "tv" else ":", lw=1)
+            ax.annotate(METHODS[c["method"]]["label"], (ax.get_xlim()[0], c["psnr"]["mean"]), fontsize=7,
+                        color="gray", xytext=(2, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per image (2-core CPU; network calls dominate)")
+    ax.set_ylabel("PSNR [dB]")
+    ax.set_title(f"{problem}: PSNR vs compute (star: default)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    misc.atomic_write_with(path, lambda p: fig.savefig(p, format="png"), overwrite=True)
+    plt.close(fig)
+    return True
+
+
+def write_report(bench: Path, meta: dict | None = None) -> str:
+    cells = load_cells(bench)
+    table = quality_table(cells)
+    old = json.loads((bench / "quality.json").read_text()) if (bench / "quality.json").exists() else {}
+    misc.atomic_write_json(bench / "quality.json", dict(meta=meta or old.get("meta", {}), cells=cells),
+                           overwrite=True)
+    misc.atomic_write_text(bench / "quality.md", table + "\n", overwrite=True)
+    plot_psnr_vs_seconds(cells, bench / "psnr_vs_seconds.png")
+    return table
+
+
+def machine() -> dict:
+    import os
+    import platform
+    return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
+                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+
+
+def _names(text: str | None, allowed: dict, option: str) -> list[str]:
+    if text is None:
+        return list(allowed)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise click.BadParameter(f"unknown {bad[0]!r}; expected some of {', '.join(allowed)}", param_hint=option)
+    return names
+
+
+@click.command()
+@click.option("--network", default=str(REPO / "checkpoints/ct_head_small.safetensors"), show_default=True,
+              type=click.Path(exists=True, dir_okay=False), help="The patch prior.")
+@click.option("--whole-network", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Whole-image network for the 'whole' method (skipped without it).")
+@click.option("--images", default=str(REPO / "datasets/ct_head/test"), show_default=True,
+              type=click.Path(exists=True, file_okay=False), help="Held-out ground-truth slices.")
+@click.option("--exclude", default="slice_004", show_default=True, help="Comma list of tuning slices to skip.")
+@click.option("--slices", default=None, type=click.IntRange(min=1), help="Slices per cell [default: all].")
+@click.option("--expensive-slices", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Slices for the ~1000-call solvers.")
+@click.option("--expensive-problems", default=PLOT_PROBLEM, show_default=True,
+              help="Problems that get the ~1000-call solvers.")
+@click.option("--problems", default=None, help=f"Comma list of {', '.join(PROBLEMS)} [default: all].")
+@click.option("--methods", default=None, help=f"Comma list of {', '.join(METHODS)} [default: all].")
+@click.option("--outdir", default=str(REPO / "benchmarks/results/quality"), show_default=True,
+              type=click.Path(file_okay=False), help="Parent of the new benchmark directory.")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+              help="Add to / finish this earlier benchmark directory instead of making a new one.")
+@click.option("--report", "report_only", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Only rebuild quality.md/json and the plot of this benchmark directory.")
+@click.option("--device", default=None, help="[default: cuda if available, else cpu]")
+@click.option("--threads", default=0, type=click.IntRange(min=0), help="torch CPU threads (0: default).")
+@click.option("--seed", default=0, type=int, show_default=True)
+@click.option("--pad", default=PAPER["pad"], show_default=True, type=click.IntRange(min=0),
+              help="Patch-grid zero padding of the stitched prior.")
+@click.option("--psize", default=PAPER["psize"], show_default=True, type=click.IntRange(min=1),
+              help="Patch size of the stitched prior (and of patch averaging).")
+@click.option("--smoke", is_flag=True, help="Caps: 2 levels, 1 inner iteration, 3 TV iterations (tests).")
+def main(network, whole_network, images, exclude, slices, expensive_slices, expensive_problems, problems,
+         methods, outdir, run_dir, report_only, device, threads, seed, pad, psize, smoke):
+    """Run the quality benchmark (see the module docstring)."""
+    if report_only:
+        click.echo(write_report(Path(report_only)))
+        return
+    if threads:
+        torch.set_num_threads(threads)
+    problems = _names(problems, PROBLEMS, "'--problems'")
+    methods = _names(methods, METHODS, "'--methods'")
+    expensive_problems = _names(expensive_problems, PROBLEMS, "'--expensive-problems'")
+    if "whole" in methods and whole_network is None:
+        methods.remove("whole")
+        click.echo("no --whole-network: skipping the whole-image diffusion baseline", err=True)
+    if {"fbp", "tv"} & set(methods) and DEFAULT_METHOD not in methods:
+        methods.append(DEFAULT_METHOD)  # the baselines come from the default cell's run
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    caps = dict(steps=2, inner=1, tv_iters=3) if smoke else {}
+    caps.update(pad=pad, psize=psize)
+    networks = dict(patch=network, whole=whole_network)
+    excluded = [e.strip() for e in exclude.split(",") if e.strip()]
+    bench = Path(run_dir) if run_dir else misc.new_run_dir(outdir, "quality")
+    bench.mkdir(parents=True, exist_ok=True)
+    meta = dict(network=network, whole_network=whole_network, images=images, exclude=excluded, device=device,
+                threads=torch.get_num_threads(), seed=seed, smoke=smoke, caps=caps,
+                command=" ".join(sys.argv), machine=machine())
+    click.echo(f"benchmark directory {bench}")
+    done = {(c["problem"], c["method"]) for c in load_cells(bench)}
+    for problem in problems:
+        for method in methods:
+            if METHODS[method].get("baseline") or (problem, method) in done:
+                continue
+            expensive = METHODS[method].get("tier") == "expensive"
+            if expensive and problem not in expensive_problems:
+                continue
+            n = expensive_slices if expensive else slices
+            files = select_images(Path(images), excluded, n)
+            click.echo(f"{problem} / {method}: {len(files)} image(s) ...")
+            for r in run_cell(bench, problem, method, networks, files, device, seed, caps):
+                click.echo(f"  {r['method']}: PSNR {_ms(r['psnr'], '.2f')} dB, "
+                           f"{r['seconds_per_image']['mean']:.1f} s/image")
+    click.echo("\n" + write_report(bench, meta))
+    click.echo(f"\n{bench / 'quality.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Smoke version of benchmarks/bench_quality.py: tiny networks, two 64x64 images, capped steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_quality as bq  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from torch_utils.persistence import save_network
+    from training.networks import build_network
+
+    root = tmp_path_factory.mktemp("bq")
+    torch.manual_seed(0)
+    patch = save_network(build_network("tiny", img_resolution=112, image_channels=1).eval(), root / "patch.safetensors")
+    whole = save_network(build_network("tiny", img_resolution=64, image_channels=1, positional=False).eval(),
+                         root / "whole.safetensors")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("slice_004", "slice_013", "slice_022"):
+        img = np.zeros((64, 64), np.uint8)
+        img[16:48, 12:52] = 120 + rng.integers(0, 60)
+        img[28:36, 20:30] = 230
+        Image.fromarray(img).save(images / f"{name}.png")
+    return root, patch, whole, images
+
+
+def test_smoke_all_methods(setup):
+    root, patch, whole, images = setup
+    common = ["--network", str(patch), "--whole-network", str(whole), "--images", str(images),
+              "--slices", "1", "--expensive-slices", "1", "--threads", "1", "--psize", "44", "--smoke"]
+    res = CliRunner().invoke(bq.main, common + ["--outdir", str(root / "out"), "--problems", "ct_parbeam_20"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    bench = next((root / "out").iterdir())
+    cells = {(c["problem"], c["method"]): c for c in bq.load_cells(bench)}
+    assert set(cells) == {("ct_parbeam_20", m) for m in bq.METHODS}
+    for c in cells.values():
+        assert c["n_images"] == 1 and math.isfinite(c["psnr"]["mean"]) and c["failures"] == 0
+    assert cells[("ct_parbeam_20", "dps")]["calls_per_image"]["mean"] == 2  # capped: 2 levels x 1 inner
+    assert cells[("ct_parbeam_20", "tv")]["calls_per_image"] is None
+    # the tuning slice never enters: the staged inputs hold the next slice only
+    assert [p.name for p in (bench / "inputs" / "n1").iterdir()] == ["slice_013.png"]
+    assert json.loads((bench / "quality.json").read_text())["meta"]["smoke"] is True
+    assert (bench / "psnr_vs_seconds.png").stat().st_size > 0
+
+    # --run-dir adds to an earlier benchmark: done cells are kept, the ~1000-call solvers run only
+    # on --expensive-problems (CT 20 views), the baselines come with the default cell
+    before = {p: p.stat().st_mtime_ns for p in (bench / "cells").iterdir()}
+    res = CliRunner().invoke(bq.main, common + ["--run-dir", str(bench), "--problems", "ct_parbeam_20,deblur_uniform_9",
+                                                "--methods", "tv,dps"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    cells = {(c["problem"], c["method"]) for c in bq.load_cells(bench)}
+    assert {("deblur_uniform_9", m) for m in ("fbp", "tv", "dds")} <= cells
+    assert ("deblur_uniform_9", "dps") not in cells
+    md = (bench / "quality.md").read_text()
+    assert md.count("| ct_parbeam_20 |") == len(bq.METHODS) and md.count("| deblur_uniform_9 |") == 3
+    res = CliRunner().invoke(bq.main, ["--report", str(bench)], catch_exceptions=False)
+    assert res.exit_code == 0 and "| deblur_uniform_9 | TV (PDHG) |" in res.output
+
+
+def test_same_measurements_across_methods(setup):
+    """FBP of the dds cell and the stand-alone config share seeds: the configs differ only in
+    the method's own keys."""
+    root, patch, whole, images = setup
+    nets = dict(patch=str(patch), whole=str(whole))
+    a = bq.cell_config("ct_parbeam_8", "dds", nets, images, root, "cpu", 0, {})
+    b = bq.cell_config("ct_parbeam_8", "dps", nets, images, root, "cpu", 0, {})
+    assert a["baselines"] == ["fbp", "tv"] and b["baselines"] == []
+    assert a["tv_iters"] == bq.TV_ITERS and a["solver_kwargs"]["lam"] == bq.PROBLEMS["ct_parbeam_8"][4]
+    same = ("input", "problem", "problem_kwargs", "noise", "seed", "pad", "psize")
+    assert all(a[k] == b[k] for k in same) and b["solver_kwargs"] == dict(inner=10, dc_grad="full")
+
+
+def test_bad_names(setup):
+    root, patch, _, images = setup
+    res = CliRunner().invoke(bq.main, ["--network", str(patch), "--images", str(images), "--problems", "ct_99"])
+    assert res.exit_code == 2 and "ct_99" in res.output
