@@ -92,3 +92,22 @@ def test_bad_names(setup):
     root, patch, _, images = setup
     res = CliRunner().invoke(bq.main, ["--network", str(patch), "--images", str(images), "--problems", "ct_99"])
     assert res.exit_code == 2 and "ct_99" in res.output
+
+
+def test_ablation_smoke(setup):
+    import bench_ablation as ba
+
+    root, patch, whole, images = setup
+    args = ["--network", str(patch), "--psizes", "44:24,24:8", "--model", f"whole net={whole}@whole",
+            "--images", str(images), "--slices", "1", "--outdir", str(root / "abl"), "--threads", "1", "--smoke"]
+    res = CliRunner().invoke(ba.main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    [bench] = list((root / "abl").iterdir())
+    rows = json.loads((bench / "ablation.json").read_text())["rows"]
+    assert [(r["label"], r["prior"], r["psize"]) for r in rows] == [
+        ("psize 44", "patch", 44), ("psize 24", "patch", 24), ("whole net", "whole", None)]
+    assert all(r["n_images"] == 1 and math.isfinite(r["psnr"]["mean"]) for r in rows)
+    assert rows[0]["calls_per_image"]["mean"] == 2
+    assert "| whole net | whole | - |" in (bench / "ablation.md").read_text()
+    bad = CliRunner().invoke(ba.main, ["--network", str(patch), "--model", "x=/nonexistent.safetensors"])
+    assert bad.exit_code == 2 and "/nonexistent.safetensors" in bad.output
