@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 import bench_quality as bq  # noqa: E402
+
 from torch_utils import misc  # noqa: E402
 
 PROBLEM = "ct_parbeam_20"
