@@ -48,7 +48,7 @@ from torch_utils import misc  # noqa: E402
 # weights tuned on slice 004 (benchmarks/tune_tv.py --set quality).
 PROBLEMS = {
     "ct_parbeam_20": CASES["ct_parbeam_20"][:1] + CASES["ct_parbeam_20"][2:],
-    "ct_parbeam_8": ("ct_parbeam", dict(views=8), 0.005, 3e-3, 0.01),
+    "ct_parbeam_8": ("ct_parbeam", dict(views=8), 0.005, 1e-3, 0.01),
     **{k: CASES[k][:1] + CASES[k][2:] for k in ("ct_fanbeam_40", "ct_lact_120deg", "deblur_uniform_9", "super_x4")},
 }
 
