@@ -2,7 +2,8 @@
 
     python -m inverse.demo [--network checkpoints/ct_head_small.safetensors] [--outdir out]
 
-Runs ``inverse.reconstruct.run`` once per case below into one new directory
+Runs ``inverse.reconstruct.run`` once per case below (20-view CT on the 10 held-out slices
+other than the tuning slice 004) into one new directory
 ``OUTDIR/NNNNN-demo/`` (each case gets its own sub-run with metrics.csv, summary.json and
 comparison.png), then prints one table (FBP/pinv, TV, PaDIS: PSNR, SSIM, seconds per image)
 and writes it as ``demo.md`` and ``demo.json`` beside the runs.
@@ -15,6 +16,7 @@ README.md says what that costs. TV weights were chosen on held-out slice 004 wit
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from torch_utils import misc
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = REPO / "datasets" / "ct_head" / "test"
 ONE_SLICE = HELD_OUT / "slice_049.png"
+TUNING_SLICE = "slice_004"  # TV weights and dds lam were chosen on it: never evaluated
+EVAL_SLICES = "held-out"  # CASES' marker for "every held-out slice except TUNING_SLICE"
 
 # The solver settings of the demo (and of the CLI default): x0-space DDS, 20 levels from
 # pinv(y) + noise at sigma_max, CG data consistency, no backpropagation through the network.
@@ -36,7 +40,7 @@ TV_ITERS = 500
 # name -> (problem, input, problem options, noise level, TV weight, dds lam). TV weights and
 # lam were chosen on held-out slice 004 (benchmarks/tune_tv.py, benchmarks/tune_solver.py).
 CASES = {
-    "ct_parbeam_20": ("ct_parbeam", HELD_OUT, dict(views=20), 0.005, 1e-3, 0.01),
+    "ct_parbeam_20": ("ct_parbeam", EVAL_SLICES, dict(views=20), 0.005, 1e-3, 0.01),
     "ct_fanbeam_40": ("ct_fanbeam", ONE_SLICE, dict(views=40), 0.005, 1e-3, 0.01),
     "ct_lact_120deg": ("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, 3e-4, 0.003),
     "deblur_uniform_9": ("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, 1e-3, 0.1),
@@ -44,8 +48,19 @@ CASES = {
 }
 
 
+def stage_eval_slices(folder: Path) -> Path:
+    """Copy the held-out slices except the tuning slice into ``folder`` (runs read a directory)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in sorted(HELD_OUT.glob("slice_*.png")):
+        if f.stem != TUNING_SLICE:
+            shutil.copy2(f, folder / f.name)
+    return folder
+
+
 def case_config(name: str, network: str, outdir: Path, device: str, seed: int, pad: int, psize: int) -> dict:
     problem, source, options, noise, tv_weight, lam = CASES[name]
+    if source == EVAL_SLICES:
+        source = stage_eval_slices(Path(outdir) / "inputs")
     cfg = dict(network=network, input=str(source), measurements=None, image_size=None, mat_key="images",
                normalize=False, max_images=None, problem=problem, noise=noise, problem_kwargs=dict(options),
                prior="patch", pad=pad, psize=psize, stride=None, batch=None,
