@@ -57,7 +57,8 @@ def _int_list(ctx, param, value):
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Autocast.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0 = default).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda if available.")
-@click.option("--resume", default=None, metavar="PATH|auto", help="Training-state file, or 'auto'.")
+@click.option("--resume", default=None, metavar="PATH|auto",
+              help="Training-state file, or 'auto': the newest run of the same name (--desc) in --outdir.")
 @click.option("--max-nonfinite", type=click.IntRange(min=1), default=10,
               help="Stop after N non-finite losses in a row.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

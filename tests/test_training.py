@@ -120,6 +120,18 @@ def test_resume_auto_continues_in_same_run_dir(data_dir, tmp_path):
     assert len(_runs(tmp_path)) == 2
 
 
+def test_resume_auto_only_resumes_its_own_experiment(data_dir, tmp_path):
+    """Two experiments in one --outdir: 'auto' picks the newest run with the same run name."""
+    args = ["--data", data_dir, "--outdir", tmp_path, "--resume", "auto"] + BASE
+    _train(args + ["--duration", 0.00006, "--desc", "a"])
+    _train(args + ["--duration", 0.00006, "--desc", "b", "--no-pos"])  # not a's state: a new run
+    a, b = _runs(tmp_path)
+    assert a.name.endswith("-a") and b.name.endswith("-b")
+    _train(args + ["--duration", 0.00012, "--desc", "a"])  # a continues though b is newer
+    assert _runs(tmp_path) == [a, b] and list(a.glob("config-resume-*.json"))
+    assert not list(b.glob("config-resume-*.json"))
+
+
 def test_resumed_run_is_bit_identical(data_dir, tmp_path):
     args = ["--data", data_dir] + BASE + ["--dropout", "0.2", "--batch-gpu", "2"]
     _train(args + ["--outdir", tmp_path / "a", "--duration", 0.00012])

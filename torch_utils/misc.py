@@ -38,13 +38,18 @@ def check_writable(outdir: str | os.PathLike) -> Path:
     return outdir
 
 
+def clean_desc(desc: str) -> str:
+    """The run-directory suffix that :func:`new_run_dir` makes of ``desc``."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", desc).strip("_") or "run"
+
+
 def new_run_dir(outdir: str | os.PathLike, desc: str) -> Path:
     """Make ``outdir/NNNNN-desc`` with NNNNN one above the largest existing run id.
 
     Uses an exclusive ``mkdir`` so two processes never share a directory.
     """
     outdir = check_writable(outdir)
-    desc = re.sub(r"[^A-Za-z0-9._=-]+", "_", desc).strip("_") or "run"
+    desc = clean_desc(desc)
     while True:
         ids = [int(m.group(1)) for p in outdir.iterdir() if (m := _RUN_RE.match(p.name))]
         run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"

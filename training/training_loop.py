@@ -102,12 +102,16 @@ DEBUG_CHECKSUM_ENV = "PADIS_DEBUG_CHECKSUM_DIR"  # test-only: each rank writes a
 # Helpers
 
 
-def find_latest_state(outdir: str | os.PathLike) -> Path | None:
-    """Newest training state in the newest run directory under ``outdir`` that has one."""
+def find_latest_state(outdir: str | os.PathLike, desc: str | None = None) -> Path | None:
+    """Newest training state in the newest run directory under ``outdir`` that has one; with
+    ``desc``, only run directories ``NNNNN-desc`` count (so ``--resume auto`` never picks up
+    another experiment that shares the output directory)."""
     outdir = Path(outdir)
     if not outdir.is_dir():
         return None
-    runs = sorted((p for p in outdir.iterdir() if p.is_dir() and _RUN_RE.match(p.name)),
+    suffix = None if desc is None else "-" + misc.clean_desc(desc)
+    runs = sorted((p for p in outdir.iterdir() if p.is_dir() and _RUN_RE.match(p.name)
+                   and (suffix is None or p.name[5:] == suffix)),
                   key=lambda p: int(_RUN_RE.match(p.name).group(1)), reverse=True)
     for run_dir in runs:
         states = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _STATE_RE.match(p.name))]
@@ -213,7 +217,8 @@ def _run(c: dict, device: torch.device) -> dict:
     resume_path: Path | None = None
     reuse_dir: Path | None = None
     if c["resume"] == "auto":
-        found = dist.broadcast_object(str(find_latest_state(c["outdir"]) or "") if rank == 0 else None)
+        desc = c["desc"] or _default_desc(c)
+        found = dist.broadcast_object(str(find_latest_state(c["outdir"], desc) or "") if rank == 0 else None)
         if found:
             resume_path = Path(found)
             reuse_dir = resume_path.parent
@@ -292,7 +297,7 @@ def _run(c: dict, device: torch.device) -> dict:
         if reuse_dir is not None:
             run_dir = reuse_dir
         else:
-            desc = c["desc"] or _default_desc(c, dataset)
+            desc = c["desc"] or _default_desc(c)
             run_dir = misc.new_run_dir(c["outdir"], desc)
     run_dir = Path(dist.broadcast_object(str(run_dir) if run_dir else None))
     cfg_out = dict(c, run_dir=str(run_dir), world_size=world, resumed_from=str(resume_path or ""),
@@ -434,7 +439,7 @@ def _run(c: dict, device: torch.device) -> dict:
     return dict(run_dir=run_dir, step=step, nimg=nimg, interrupted=int(interrupted))
 
 
-def _default_desc(c: dict, dataset: ImageDataset) -> str:
+def _default_desc(c: dict) -> str:
     data = Path(c["data"]).stem or "data"
     sizes = "-".join(str(s) for s in c["patch_sizes"])
     return f"{data}-{c['arch']}-p{sizes}-pad{c['pad_width']}-b{c['batch']}"
