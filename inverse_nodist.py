@@ -39,7 +39,7 @@ from inverse.samplers import SAMPLERS
 @click.option("--outdir", default="out", type=click.Path(file_okay=False), help="Runs go to OUTDIR/NNNNN-<problem>-<solver>/")
 @click.option("--seed", default=0, type=int, help="Image i uses seed + i")
 @click.option("--device", default=None, help="[default: cuda if available, else cpu]")
-@click.option("--batch", type=click.IntRange(min=1), help="Max patches per network call [default: all]")
+@click.option("--batch", type=click.IntRange(min=1), help="Max patches per network call [default: all]; with dps --dc-grad full only one chunk's graph is kept (one extra forward per iteration)")
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Network call under autocast: bf16 (CPU or CUDA), fp16 (CUDA only)")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (falls back with a warning)")

@@ -24,6 +24,7 @@ extract -> stitch round trip (STYLE.md habit 4).
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -265,6 +266,54 @@ class PatchPrior(_PriorBase):
         out = stitch_patches(self.denoise(patches, sig, pos), bsz, ph, pw)
         # The image starts at (pad - a, pad - b) inside the grid region; the rest is canvas.
         return out[:, :, pad - a:pad - a + height, pad - b:pad - b + width]
+
+
+    def denoise_with_grad(self, x: torch.Tensor, sigma, generator: torch.Generator | None,
+                          loss: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x0 = D(x)`` and ``g = d loss(x0) / dx`` (DPS's gradient through the network).
+
+        Without ``batch`` (or when all patches fit in one call) this is one autograd pass. With
+        ``batch`` the graph of only one chunk of patches is alive at a time: a no-grad pass gives
+        x0 and ``v = d loss / d x0``; then each chunk is run again with autograd and its
+        vector-Jacobian product with ``v``'s patches is put back by the same stitching (the
+        patches do not overlap, so the image gradient is the stitched patch gradients). Cost: one
+        extra forward per call; peak memory: one chunk's activations. Both passes use the same
+        grid offset (one draw from ``generator``, as a plain call)."""
+        bsz, channels, height, width = x.shape
+        ph, pw = check_grid(height, width, self.pad, self.psize)
+        n = bsz * ph * pw
+        if self.batch is None or n <= self.batch:
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                x0 = self(xg, sigma, generator)
+                g = torch.autograd.grad(loss(x0), xg)[0]
+            return x0.detach(), g
+        a, b = offset = self.draw_offset(generator)
+        pad, p = self.pad, self.psize
+        with torch.no_grad():
+            x0 = self(x.detach(), sigma, offset=offset)
+        with torch.enable_grad():
+            x0_leaf = x0.requires_grad_(True)
+            v = torch.autograd.grad(loss(x0_leaf), x0_leaf)[0]
+        x0 = x0.detach()
+        v_region = x.new_zeros(bsz, channels, ph * p, pw * p)
+        v_region[:, :, pad - a:pad - a + height, pad - b:pad - b + width] = v  # adjoint of the crop
+        v_patches = extract_patches(v_region, p)
+        patches = extract_patches(grid_region(F.pad(x.detach(), (pad, pad, pad, pad)), a, b, ph, pw, p), p)
+        pos = None
+        if self.positional:
+            grid = self.canvas_grid(height + 2 * pad, width + 2 * pad, x)
+            pos = extract_patches(grid_region(grid, a, b, ph, pw, p), p).repeat(bsz, 1, 1, 1)
+        sig = _sigma_vector(sigma, bsz, x).repeat_interleave(ph * pw)
+        grads = torch.empty_like(patches)
+        for start in range(0, n, self.batch):
+            part = slice(start, start + self.batch)
+            with torch.enable_grad():
+                pin = patches[part].detach().requires_grad_(True)
+                out = self.network_call(pin, sig[part], None if pos is None else pos[part])
+                grads[part] = torch.autograd.grad(out, pin, v_patches[part])[0]
+        g = stitch_patches(grads, bsz, ph, pw)[:, :, pad - a:pad - a + height, pad - b:pad - b + width]
+        return x0, g
 
 
 class WholeImagePrior(_PriorBase):

@@ -148,6 +148,20 @@ def data_grad(op, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return g / norm.reshape(-1, *([1] * (g.dim() - 1))).clamp_min(torch.finfo(g.dtype).tiny)
 
 
+def denoise_with_grad(prior, x: torch.Tensor, sigma: float, generator: torch.Generator,
+                      loss: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(D(x), d loss(D(x)) / dx)``: the prior's own ``denoise_with_grad`` where it has one
+    (``PatchPrior`` with ``batch`` keeps one chunk's graph alive at a time), else one autograd pass."""
+    own = getattr(prior, "denoise_with_grad", None)
+    if own is not None:
+        return own(x, sigma, generator, loss)
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        x0 = prior(xg, sigma, generator)
+        g = torch.autograd.grad(loss(x0), xg)[0]
+    return x0.detach(), g
+
+
 def dc_step(op, y: torch.Tensor, x: torch.Tensor, step: float) -> torch.Tensor:
     """One gradient step on ½||y - A x||²: x + step * Aᵀ(y - A x)."""
     return x + step * op.AT(y - op.A(x))
@@ -258,11 +272,8 @@ def sample_dps(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
             last = i == len(levels) - 1
             for _ in range(inner):
                 if dc_grad == "full":
-                    with torch.enable_grad():
-                        xg = x.detach().requires_grad_(True)
-                        x0g = prior(xg, sigma, generator)
-                        g = torch.autograd.grad(residual_norm(op, y, x0g).sum(), xg)[0]
-                    x0 = x0g.detach()
+                    x0, g = denoise_with_grad(prior, x, sigma, generator,
+                                              lambda z: residual_norm(op, y, z).sum())
                 else:
                     x0 = prior(x, sigma, generator)
                     g = data_grad(op, y, x0)
