@@ -141,10 +141,11 @@ def reference_call(prior, x, sigma, gen, grad: bool, device) -> float:
     x = x.detach().clone().requires_grad_(grad)
     _sync(device)
     t0 = time.perf_counter()
-    with torch.set_grad_enabled(grad):
-        out = prior(x, sigma, gen)
-        if grad:
-            torch.autograd.grad(out.square().sum(), x)
+    if grad:  # as DPS takes it: PatchPrior.denoise_with_grad (chunk by chunk with --batch)
+        prior.denoise_with_grad(x, sigma, gen, lambda out: out.square().sum())
+    else:
+        with torch.no_grad():
+            prior(x, sigma, gen)
     _sync(device)
     return time.perf_counter() - t0
 
@@ -195,14 +196,15 @@ def worker(cfg: dict) -> dict:
     network = net_stats["fwd"] + net_stats["bwd"]
     operator = op_stats["fwd"] + op_stats["bwd"]
 
-    sigma = float(sigmas[0])
-    ref_fwd = reference_call(prior, x, sigma, gen, False, device)
-    ref_grad = reference_call(prior, x, sigma, gen, True, device) if grad else None
-    ref = ref_grad if grad else ref_fwd
+    # Peak of the solve itself (CPU max RSS is monotonic: read it before the reference calls).
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    sigma = float(sigmas[0])
+    ref_fwd = reference_call(prior, x, sigma, gen, False, device)
+    ref_grad = reference_call(prior, x, sigma, gen, True, device) if grad else None
+    ref = ref_grad if grad else ref_fwd
     inner = sampler_options(cfg["solver"]).get("inner", 1)  # the solver's default (dps: 10, as the paper)
     levels = max(1, cfg["iters"])
     return dict(solver=cfg["solver"], arch=cfg["arch"], params=params, device=str(device), iters=cfg["iters"],
