@@ -218,8 +218,13 @@ def write_report(bench: Path, meta: dict | None = None) -> str:
     cells = load_cells(bench)
     table = quality_table(cells)
     old = json.loads((bench / "quality.json").read_text()) if (bench / "quality.json").exists() else {}
-    misc.atomic_write_json(bench / "quality.json", dict(meta=meta or old.get("meta", {}), cells=cells),
-                           overwrite=True)
+    old_meta = old.get("meta", {})
+    commands = list(old_meta.get("commands", [old_meta["command"]] if "command" in old_meta else []))
+    if meta is not None:  # a run adds its command line to those that filled this directory
+        commands.append(meta.pop("command"))
+    meta = dict(meta or old_meta, commands=commands)
+    meta.pop("command", None)
+    misc.atomic_write_json(bench / "quality.json", dict(meta=meta, cells=cells), overwrite=True)
     misc.atomic_write_text(bench / "quality.md", table + "\n", overwrite=True)
     plot_psnr_vs_seconds(cells, bench / "psnr_vs_seconds.png")
     return table

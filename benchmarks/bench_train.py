@@ -15,6 +15,9 @@ process' peak resident set (``ru_maxrss``) over its value just before the warm-u
 torch import, data and network are not counted; activations, gradients and Adam state are),
 plus the absolute peak.
 ``ratio`` = training memory / that of ``whole`` (target: <= 0.25 for the patch sizes).
+``net/step`` = seconds of the network's pure forward + backward on inputs of the same shape
+(nothing else) / seconds of a full training step (patch sampling, loss, backward, Adam, EMA
+update, as ``training_loop`` does them); target >= 0.9.
 
 Throughput only: ``--skip-whole`` drops the (expensive) whole-image configuration (no ratio),
 ``--patch-sizes`` picks patch sizes, ``--patches`` overrides the patches per step, and
@@ -31,6 +34,7 @@ relative to the first precision of the same configuration.
 
 from __future__ import annotations
 
+import copy
 import json
 import resource
 import statistics
@@ -50,7 +54,8 @@ def _measure(spec: dict) -> dict:
     import torch
 
     from training.networks import build_network
-    from training.patch_loss import WHOLE, PatchEDMLoss
+    from training.patch_loss import WHOLE, PatchEDMLoss, patch_shape
+    from training.training_loop import _update_ema
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -68,12 +73,30 @@ def _measure(spec: dict) -> dict:
 
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
 
-    def step():
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    nimg = 0
+
+    def step():  # what training_loop does per step: sample patches, loss, backward, Adam, EMA
+        nonlocal nimg
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = loss_fn(net, images, psize, gen)
         loss.float().mean().backward()
         opt.step()
+        nimg += spec["patches"]
+        _update_ema(ema, net, nimg, spec["patches"], 0.5, 0.05)
+
+    # The network alone on inputs of the same shape: forward + backward, nothing else.
+    h, w = patch_shape(psize, (res, res), pad)
+    x_in = torch.randn(spec["patches"], 1, h, w, device=device)
+    sigma_in = torch.rand(spec["patches"], device=device) + 0.1
+    pos_in = None if whole else torch.rand(spec["patches"], 2, h, w, device=device) * 2 - 1
+
+    def pure():
+        net.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = net(x_in, sigma_in, pos_in)
+        out.float().square().mean().backward()
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -88,7 +111,14 @@ def _measure(spec: dict) -> dict:
     sec = (time.perf_counter() - t0) / spec["steps"]
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss1 - rss0
-    return dict(sec_per_step=sec, patches_per_s=spec["patches"] / sec, train_mem_mb=mem,
+    pure()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(spec["steps"]):
+        pure()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    pure_sec = (time.perf_counter() - t0) / spec["steps"]
+    return dict(sec_per_step=sec, patches_per_s=spec["patches"] / sec, pure_sec_per_step=pure_sec, train_mem_mb=mem,
                 peak_total_mb=(mem if device.type == "cuda" else rss1),
                 params_m=sum(p.numel() for p in net.parameters()) / 1e6)
 
@@ -136,6 +166,7 @@ def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, patc
         configs.append(("whole", WHOLE, whole_batch))
     runs = [(c, prec) for c in configs for prec in precisions]
     secs: dict[tuple, list[float]] = {}
+    pures: dict[tuple, list[float]] = {}
     results: dict[tuple, dict] = {}
     for r in range(repeats):
         for (name, psize, count), prec in runs:
@@ -147,6 +178,7 @@ def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, patc
                 raise click.ClickException(f"{name} {prec} failed: {proc.stderr.strip().splitlines()[-1]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             secs.setdefault((name, prec), []).append(res["sec_per_step"])
+            pures.setdefault((name, prec), []).append(res["pure_sec_per_step"])
             results[(name, prec)] = res
             click.echo(f"repeat {r + 1} {name} {prec}: {res['sec_per_step']:.3f} s/step", err=True)
     rows = []
@@ -154,6 +186,8 @@ def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, patc
         res = dict(results[(name, prec)])
         res["sec_per_step"] = statistics.median(secs[(name, prec)])
         res["patches_per_s"] = count / res["sec_per_step"]
+        res["pure_sec_per_step"] = statistics.median(pures[(name, prec)])
+        res["efficiency"] = res["pure_sec_per_step"] / res["sec_per_step"]  # target >= 0.9
         rows.append(dict(config=name, patch=str(psize), precision=prec, patches_per_step=count, batch_images=batch,
                          sec_per_step_all=secs[(name, prec)], **res))
     whole_rows = [r for r in rows if r["config"] == "whole"]
@@ -163,14 +197,14 @@ def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, patc
         ref = next((w["train_mem_mb"] for w in whole_rows if w["precision"] == row["precision"]), None)
         row["mem_ratio_vs_whole"] = row["train_mem_mb"] / ref if ref else None
     head = (f"{'config':<10}{'prec':>5}{'patches/step':>13}{'patches/s':>11}{'s/step':>9}{'vs first':>9}"
-            f"{'train MB':>10}{'peak MB':>9}{'ratio':>7}")
+            f"{'train MB':>10}{'peak MB':>9}{'ratio':>7}{'net/step':>9}")
     lines = [f"arch={arch} device={device} image={resolution} pad={pad} batch={batch} steps={steps} "
              f"threads={threads} repeats={repeats} (interleaved; median) params={rows[0]['params_m']:.2f}M", head]
     for r in rows:
         ratio = "-" if r["mem_ratio_vs_whole"] is None else f"{r['mem_ratio_vs_whole']:.3f}"
         lines.append(f"{r['config']:<10}{r['precision']:>5}{r['patches_per_step']:>13}{r['patches_per_s']:>11.2f}"
                      f"{r['sec_per_step']:>9.3f}{r['speed_vs_first']:>9.2f}{r['train_mem_mb']:>10.0f}"
-                     f"{r['peak_total_mb']:>9.0f}{ratio:>7}")
+                     f"{r['peak_total_mb']:>9.0f}{ratio:>7}{r['efficiency']:>9.2f}")
     ok = None
     if whole_rows:
         ok = all(r["mem_ratio_vs_whole"] <= 0.25 for r in rows if r["config"] != "whole")

@@ -87,6 +87,10 @@ class Operator:
     """Base class: subclasses set `measurement_shape` and implement `_A`, `_AT`, `_pinv`."""
 
     name = "operator"
+    # pinv(A x) is a (possibly regularised) orthogonal-projection-like inverse: I - pinv A has
+    # eigenvalues in [0, 1], so iterating x <- x + pinv(y - A x) (DDNM) is stable. False for CT,
+    # where pinv is FBP: iterating its correction diverges at low noise levels.
+    stable_pinv = True
 
     def __init__(
         self,
@@ -167,6 +171,8 @@ class _CT(Operator):
     `level` * max|y| of each batch item. Non-square images keep square pixels; the longer
     axis spans [-domain, domain] (odlstuff.geometry.image_space).
     """
+
+    stable_pinv = False  # FBP is no pseudo-inverse of a sparse-view A (see Operator.stable_pinv)
 
     def _setup(self, geometry, domain, fbp_filter, fbp_freq) -> None:
         space = geo.image_space(self.image_shape, _float_opt("domain", domain))

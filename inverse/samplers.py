@@ -354,20 +354,34 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
                 x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
                 eta: float = 0.85,    # Renoise: 1 = fresh noise, 0 = deterministic (DDIM).
                 init: str = "pinv",   # Start: 'pinv' (pinv(y) + noise) or 'noise'.
+                cg_iters: int | None = None,  # Correction by CG (min-norm least squares); None:
+                                              # op.pinv where op.stable_pinv, else 10 (CT).
                 ) -> torch.Tensor:
     """Null-space projection (DDNM, Wang et al. 2023): per level x0_hat = D(x),
-    x0 = x0_hat + pinv(y - A x0_hat) (range from y, null space from the prior), then renoise
-    to the next level (``renoise``, DDIM-like with ``eta``). Exact when pinv is the
-    Moore-Penrose pseudo-inverse (masking, super-resolution); for CT, pinv is FBP, so the
-    projection is only approximate (a filtered back-projection correction of the residual).
-    Measurement noise is not modelled (no DDNM+ scaling). Prior calls: len(sigmas)."""
+    x0 = x0_hat + A⁺(y - A x0_hat) (range from y, null space from the prior), then renoise
+    to the next level (``renoise``, DDIM-like with ``eta``). A⁺ is ``op.pinv`` where that is
+    a (regularised) pseudo-inverse (masking, super-resolution, Wiener deblurring); for CT,
+    whose pinv is FBP, iterating the FBP correction diverges at low noise levels (measured:
+    PSNR 27.7 dB at sigma 0.12, 5 dB at the end on 20-view CT), so A⁺r is taken as the
+    min-norm least-squares solution of A d = r by ``cg_iters`` CG iterations on AᵀA d = Aᵀr
+    from d = 0. Measurement noise is not modelled (no DDNM+ scaling). Prior calls: len(sigmas)."""
     name = "ddnm"
     levels = _levels(sigmas, name)
     x = _start(op, y, levels[0], generator, x_init, init, name)
+    if cg_iters is None and not getattr(op, "stable_pinv", True):
+        cg_iters = 10
+    if cg_iters is not None and cg_iters < 1:
+        raise ValueError(f"{name}: cg_iters={cg_iters}; expected a positive number of CG iterations or None")
+
+    def correction(r: torch.Tensor) -> torch.Tensor:
+        if cg_iters is None:
+            return op.pinv(r)
+        return conjugate_gradient(lambda v: op.AT(op.A(v)), op.AT(r), torch.zeros_like(x), cg_iters)
+
     for i, sigma in enumerate(levels):
         sigma_next = levels[i + 1] if i + 1 < len(levels) else 0.0
         x0_hat = prior(x, sigma, generator)
-        x0 = x0_hat + op.pinv(y - op.A(x0_hat))
+        x0 = x0_hat + correction(y - op.A(x0_hat))
         x = renoise(x0, x, x0_hat, sigma, sigma_next, eta, generator)
         _check_finite(x, name, i, sigma)
         _report(callback, i, sigma, x, x0)

@@ -73,6 +73,7 @@ def test_smoke_all_methods(setup):
     assert md.count("| ct_parbeam_20 |") == len(bq.METHODS) and md.count("| deblur_uniform_9 |") == 3
     res = CliRunner().invoke(bq.main, ["--report", str(bench)], catch_exceptions=False)
     assert res.exit_code == 0 and "| deblur_uniform_9 | TV (PDHG) |" in res.output
+    assert len(json.loads((bench / "quality.json").read_text())["meta"]["commands"]) == 2  # both runs
 
 
 def test_same_measurements_across_methods(setup):
