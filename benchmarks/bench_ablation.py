@@ -4,7 +4,7 @@ efficiency (10 vs all training slices, patch vs whole-image), all on 20-view par
     python benchmarks/bench_ablation.py --threads 1 \\
         --psizes 16:16,32:32,56:24,96:32 \\
         --model "patch, 89 slices=runs/default/00000-ct_head-small/network-snapshot-001295.safetensors" \\
-        --model "whole, 89 slices=runs/ablation/00001-whole/network-snapshot-XXXXXX.safetensors@whole" ...
+        --model "whole, 89 slices=runs/ablation/00001-whole/network-snapshot-000400.safetensors@whole" ...
 
 Every row reconstructs the same held-out slices (without the tuning slice 004) from the same
 measurements with the default solver of ``bench_quality.py`` (dds, 20 levels; ``--method`` to

@@ -1,7 +1,7 @@
 """Quality benchmark: the paper's comparisons at CPU scale, on the held-out CT head slices.
 
     python benchmarks/bench_quality.py --network checkpoints/ct_head_small.safetensors \\
-        --whole-network runs/ablation/.../network-snapshot-XXXXXX.safetensors \\
+        --whole-network runs/ablation/00001-whole/network-snapshot-000599.safetensors \\
         --outdir benchmarks/results/quality --threads 1
 
 For every problem of ``PROBLEMS`` (CT parallel beam 20 and 8 views, fan beam 40 views,

@@ -101,23 +101,20 @@ def _measure(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    def seconds_per_call(fn) -> float:
+        fn()  # warm-up (allocator, Adam state); counted in memory, not in time
+        t0 = time.perf_counter()
+        for _ in range(spec["steps"]):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) / spec["steps"]
+
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    step()  # warm-up (allocator, Adam state); counted in memory, not in time
-    t0 = time.perf_counter()
-    for _ in range(spec["steps"]):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    sec = (time.perf_counter() - t0) / spec["steps"]
+    sec = seconds_per_call(step)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss1 - rss0
-    pure()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(spec["steps"]):
-        pure()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    pure_sec = (time.perf_counter() - t0) / spec["steps"]
+    pure_sec = seconds_per_call(pure)
     return dict(sec_per_step=sec, patches_per_s=spec["patches"] / sec, pure_sec_per_step=pure_sec, train_mem_mb=mem,
                 peak_total_mb=(mem if device.type == "cuda" else rss1),
                 params_m=sum(p.numel() for p in net.parameters()) / 1e6)
