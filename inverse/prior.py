@@ -157,6 +157,16 @@ class CompiledNetwork:
         return self.net(*args)
 
 
+def autograd_denoise(prior, x: torch.Tensor, sigma, generator: torch.Generator | None,
+                     loss: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(D(x), d loss(D(x)) / dx)`` by one autograd pass through any prior callable."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        x0 = prior(xg, sigma, generator)
+        g = torch.autograd.grad(loss(x0), xg)[0]
+    return x0.detach(), g
+
+
 class _PriorBase:
     """Call counting, chunked network calls, precision/layout/compile of the network call and
     the cached canvas position grid."""
@@ -248,13 +258,12 @@ class PatchPrior(_PriorBase):
         a, b = torch.randint(0, self.pad, (2,), generator=generator, device=generator.device).tolist()
         return a, b
 
-    def __call__(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None,
-                 offset: tuple[int, int] | None = None) -> torch.Tensor:
-        """x: (B, C, H, W) noisy images; sigma: float or (B,). Returns x0_hat (B, C, H, W).
-        ``offset`` fixes (a, b) instead of drawing it (tests, debugging)."""
+    def _grid_inputs(self, x: torch.Tensor, sigma, offset: tuple[int, int]):
+        """Network inputs of the grid at ``offset``: patches, position crops (or None) and one
+        sigma per patch, plus the grid shape (P_h, P_w)."""
         bsz, _, height, width = x.shape
         ph, pw = check_grid(height, width, self.pad, self.psize)
-        a, b = self.draw_offset(generator) if offset is None else offset
+        a, b = offset
         pad, p = self.pad, self.psize
         canvas = F.pad(x, (pad, pad, pad, pad))
         patches = extract_patches(grid_region(canvas, a, b, ph, pw, p), p)
@@ -263,10 +272,25 @@ class PatchPrior(_PriorBase):
             grid = self.canvas_grid(height + 2 * pad, width + 2 * pad, x)
             pos = extract_patches(grid_region(grid, a, b, ph, pw, p), p).repeat(bsz, 1, 1, 1)
         sig = _sigma_vector(sigma, bsz, x).repeat_interleave(ph * pw)
-        out = stitch_patches(self.denoise(patches, sig, pos), bsz, ph, pw)
-        # The image starts at (pad - a, pad - b) inside the grid region; the rest is canvas.
-        return out[:, :, pad - a:pad - a + height, pad - b:pad - b + width]
+        return patches, pos, sig, ph, pw
 
+    def _to_image(self, patches: torch.Tensor, bsz: int, ph: int, pw: int, offset: tuple[int, int],
+                  height: int, width: int) -> torch.Tensor:
+        """Stitch per-patch outputs and crop the image: it starts at (pad - a, pad - b) inside
+        the grid region; the rest is canvas and is discarded."""
+        a, b = offset
+        out = stitch_patches(patches, bsz, ph, pw)
+        return out[:, :, self.pad - a:self.pad - a + height, self.pad - b:self.pad - b + width]
+
+    def __call__(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None,
+                 offset: tuple[int, int] | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) noisy images; sigma: float or (B,). Returns x0_hat (B, C, H, W).
+        ``offset`` fixes (a, b) instead of drawing it (tests, debugging)."""
+        bsz, _, height, width = x.shape
+        check_grid(height, width, self.pad, self.psize)
+        offset = self.draw_offset(generator) if offset is None else offset
+        patches, pos, sig, ph, pw = self._grid_inputs(x, sigma, offset)
+        return self._to_image(self.denoise(patches, sig, pos), bsz, ph, pw, offset, height, width)
 
     def denoise_with_grad(self, x: torch.Tensor, sigma, generator: torch.Generator | None,
                           loss: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,15 +307,12 @@ class PatchPrior(_PriorBase):
         ph, pw = check_grid(height, width, self.pad, self.psize)
         n = bsz * ph * pw
         if self.batch is None or n <= self.batch:
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                x0 = self(xg, sigma, generator)
-                g = torch.autograd.grad(loss(x0), xg)[0]
-            return x0.detach(), g
+            return autograd_denoise(self, x, sigma, generator, loss)
         a, b = offset = self.draw_offset(generator)
         pad, p = self.pad, self.psize
+        x = x.detach()
         with torch.no_grad():
-            x0 = self(x.detach(), sigma, offset=offset)
+            x0 = self(x, sigma, offset=offset)
         with torch.enable_grad():
             x0_leaf = x0.requires_grad_(True)
             v = torch.autograd.grad(loss(x0_leaf), x0_leaf)[0]
@@ -299,12 +320,7 @@ class PatchPrior(_PriorBase):
         v_region = x.new_zeros(bsz, channels, ph * p, pw * p)
         v_region[:, :, pad - a:pad - a + height, pad - b:pad - b + width] = v  # adjoint of the crop
         v_patches = extract_patches(v_region, p)
-        patches = extract_patches(grid_region(F.pad(x.detach(), (pad, pad, pad, pad)), a, b, ph, pw, p), p)
-        pos = None
-        if self.positional:
-            grid = self.canvas_grid(height + 2 * pad, width + 2 * pad, x)
-            pos = extract_patches(grid_region(grid, a, b, ph, pw, p), p).repeat(bsz, 1, 1, 1)
-        sig = _sigma_vector(sigma, bsz, x).repeat_interleave(ph * pw)
+        patches, pos, sig, _, _ = self._grid_inputs(x, sigma, offset)
         grads = torch.empty_like(patches)
         for start in range(0, n, self.batch):
             part = slice(start, start + self.batch)
@@ -312,8 +328,7 @@ class PatchPrior(_PriorBase):
                 pin = patches[part].detach().requires_grad_(True)
                 out = self.network_call(pin, sig[part], None if pos is None else pos[part])
                 grads[part] = torch.autograd.grad(out, pin, v_patches[part])[0]
-        g = stitch_patches(grads, bsz, ph, pw)[:, :, pad - a:pad - a + height, pad - b:pad - b + width]
-        return x0, g
+        return x0, self._to_image(grads, bsz, ph, pw, offset, height, width)
 
 
 class WholeImagePrior(_PriorBase):

@@ -40,6 +40,8 @@ from typing import Callable
 
 import torch
 
+from inverse.prior import autograd_denoise
+
 # ----------------------------------------------------------------------------------------
 # Schedules
 
@@ -155,11 +157,7 @@ def denoise_with_grad(prior, x: torch.Tensor, sigma: float, generator: torch.Gen
     own = getattr(prior, "denoise_with_grad", None)
     if own is not None:
         return own(x, sigma, generator, loss)
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        x0 = prior(xg, sigma, generator)
-        g = torch.autograd.grad(loss(x0), xg)[0]
-    return x0.detach(), g
+    return autograd_denoise(prior, x, sigma, generator, loss)
 
 
 def dc_step(op, y: torch.Tensor, x: torch.Tensor, step: float) -> torch.Tensor:
