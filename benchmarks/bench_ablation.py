@@ -102,7 +102,7 @@ def training_record(path: str) -> dict:
 def run_row(bench: Path, label: str, network: str, prior: str, psize: int, pad: int, files, device, seed,
             method: str, steps: int | None = None) -> dict:
     from inverse.reconstruct import run
-    inputs = bq.stage_inputs(files, bench / "inputs")
+    inputs = bq.stage_images(files, bench / "inputs")
     cfg = bq.cell_config(PROBLEM, method, dict(patch=network, whole=network), inputs, bench / "runs", device, seed,
                          dict(pad=pad, psize=psize, steps=steps))
     cfg.update(prior=prior, baselines=[], network=network)

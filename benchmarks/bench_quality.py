@@ -30,7 +30,6 @@ TV iterations so a tiny network finishes in seconds.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inverse.demo import CASES  # noqa: E402  (after the path insert, as in the other benchmarks)
+from inverse.demo import CASES, stage_images  # noqa: E402  (after the path insert, as in the other benchmarks)
 from torch_utils import misc  # noqa: E402
 
 # problem name -> (operator, options, noise, TV weight, dds lam). The demo's cases plus 8-view CT;
@@ -95,15 +94,6 @@ def select_images(images: Path, exclude: list[str], n: int | None) -> list[Path]
     return files[:n] if n else files
 
 
-def stage_inputs(files: list[Path], folder: Path) -> Path:
-    """Copy the chosen images into ``folder`` (the run reads a directory)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        if not (folder / f.name).exists():
-            shutil.copy2(f, folder / f.name)
-    return folder
-
-
 def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir: Path, device: str,
                 seed: int, caps: dict) -> dict:
     """The ``inverse.reconstruct.run`` config of one (problem, method) cell."""
@@ -139,7 +129,7 @@ def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list
              seed: int, caps: dict) -> list[dict]:
     """Run one cell (the dds cell also yields the FBP and TV rows); write cells/*.json atomically."""
     from inverse.reconstruct import run
-    inputs = stage_inputs(files, bench / "inputs" / f"n{len(files)}")
+    inputs = stage_images(files, bench / "inputs" / f"n{len(files)}")
     cfg = cell_config(problem, method, networks, inputs, bench / "runs" / problem, device, seed, caps)
     t0 = time.perf_counter()
     summary = run(cfg)

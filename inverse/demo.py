@@ -48,13 +48,18 @@ CASES = {
 }
 
 
-def stage_eval_slices(folder: Path) -> Path:
-    """Copy the held-out slices except the tuning slice into ``folder`` (runs read a directory)."""
+def stage_images(files, folder: Path) -> Path:
+    """Copy ``files`` into ``folder`` (runs read a directory); files already there are kept."""
     folder.mkdir(parents=True, exist_ok=True)
-    for f in sorted(HELD_OUT.glob("slice_*.png")):
-        if f.stem != TUNING_SLICE:
+    for f in files:
+        if not (folder / f.name).exists():
             shutil.copy2(f, folder / f.name)
     return folder
+
+
+def stage_eval_slices(folder: Path) -> Path:
+    """Copy the held-out slices except the tuning slice into ``folder``."""
+    return stage_images([f for f in sorted(HELD_OUT.glob("slice_*.png")) if f.stem != TUNING_SLICE], folder)
 
 
 def case_config(name: str, network: str, outdir: Path, device: str, seed: int, pad: int, psize: int) -> dict:
