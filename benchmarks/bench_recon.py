@@ -267,7 +267,8 @@ def main(worker_cfg, solvers, out, **opts):
     for name in names:
         cfg = dict(opts, solver=name)
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
-                              text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                              text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                  filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))))
         if proc.returncode:
             err = (proc.stderr.strip().splitlines() or ["?"])[-1]
             results.append(dict(solver=name, error=err))

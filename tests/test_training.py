@@ -240,3 +240,17 @@ def test_ddp_two_cpu_processes(data_dir, tmp_path):
     [st] = list(run.glob("training-state-*.pt"))
     state = _state(st)
     assert len(state["rng"]["data"]) == 2 and not torch.equal(*state["rng"]["data"])
+
+
+def test_distributed_init_gives_plain_cuda_an_index(monkeypatch):
+    """torch.cuda.set_device rejects a bare 'cuda' device (seen with torch 2.11 on an H100):
+    init picks the current device's index first (CUDA calls stubbed: no GPU needed)."""
+    from torch_utils import distributed as ddp
+    calls = []
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
+    assert ddp.init("cuda") == torch.device("cuda", 0)
+    assert calls == [torch.device("cuda", 0)]
+    assert ddp.init("cuda:0") == torch.device("cuda", 0)

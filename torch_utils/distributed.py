@@ -28,6 +28,8 @@ def init(device: str | torch.device = "cpu") -> torch.device:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
+        if device.index is None:  # plain 'cuda': the current device (set_device needs an index)
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     if "RANK" in os.environ and _env_world() > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
