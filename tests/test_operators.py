@@ -300,3 +300,19 @@ def test_bad_input_shapes():
         op.AT(torch.zeros(1, 2, 4, 2))
     with pytest.raises(ValueError, match="image_shape"):
         make_operator("denoise", (0, 8))
+
+
+def test_ct_projections_from_two_threads_match_sequential():
+    """reconstruct.run projects from the solver and the baselines' thread at once (ASTRA_LOCK)."""
+    from concurrent.futures import ThreadPoolExecutor
+    ops = [make_operator(name, (24, 24), **CT_SMALL) for name in ("ct_parbeam", "ct_fanbeam")]
+    x = torch.rand(3, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    want = [(op.A(x), op.AT(op.A(x))) for op in ops]
+
+    def work(k):
+        op = ops[k % 2]
+        return k % 2, op.A(x), op.AT(op.A(x))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for k, a, at in pool.map(work, range(24)):
+            assert torch.equal(a, want[k][0]) and torch.equal(at, want[k][1])
