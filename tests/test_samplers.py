@@ -149,7 +149,7 @@ def test_x_init_and_init_noise(prior):
 
 def test_default_schedule_and_options():
     assert set(SAMPLERS) == {"dps", "langevin", "pc", "ddnm", "dds"} == set(SCHEDULE_DEFAULTS)
-    assert sampler_options("dps") == dict(zeta=0.3, inner=10, eps=0.25, dc_grad="full", init="pinv")
+    assert sampler_options("dps") == dict(zeta=1.8, inner=10, eps=0.25, dc_grad="full", init="pinv")
     assert sampler_options("dds")["cg_iters"] == 5
     with pytest.raises(ValueError, match="dds"):
         sampler_options("ddim")
@@ -261,3 +261,19 @@ def test_ddnm_on_ct_uses_a_stable_least_squares_correction():
     assert residual_norm(op, y, fbp_iter) > 1e3 * residual_norm(op, y, op.pinv(y))  # what it replaces
     with pytest.raises(ValueError, match="cg_iters"):
         SAMPLERS["ddnm"](IdentityPrior(), op, y, sig, torch.Generator().manual_seed(0), cg_iters=0)
+
+
+@pytest.mark.parametrize("dc_grad", ["x0", "full"])
+def test_dps_zeta_is_a_fraction_of_a_landweber_step(dc_grad):
+    """With D(x) = x, eps = 0 and one noise-free level, a DPS iteration is exactly the Landweber
+    step x - zeta/||A||² Aᵀ(A x - y) (so zeta = 1 on A = masking lands on y in the kept pixels)."""
+    op = MatrixOp(exact=False)
+    g = torch.Generator().manual_seed(0)
+    x_init = torch.rand(1, 1, H, W, generator=g)
+    y = op.A(torch.rand(1, 1, H, W, generator=g))
+    identity = lambda x, sigma, gen: x  # noqa: E731
+    for zeta in (0.5, 1.0):
+        out = SAMPLERS["dps"](identity, op, y, torch.tensor([0.01]), g, x_init=x_init.clone(), zeta=zeta,
+                              inner=1, eps=0.0, dc_grad=dc_grad)
+        want = (x_init - zeta / op.norm() ** 2 * op.AT(op.A(x_init) - y)).clamp(0, 1)
+        assert torch.allclose(out, want, atol=1e-6), (zeta, dc_grad)
