@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 
 import numpy as np
 import odl
@@ -33,6 +34,12 @@ DET_RADIUS = 40.0  # fan beam detector radius (paper's code)
 LACT_RANGE = (0.0, 2.0 * math.pi / 3.0)  # limited-angle wedge used in the paper
 FBP_FILTERS = ("Ram-Lak", "Shepp-Logan", "Cosine", "Hamming", "Hann")
 
+
+# ASTRA keeps its data, projector and algorithm objects in process-wide registries that are not
+# safe to change from two threads at once (ODL's CPU backend makes and deletes them per call);
+# every projection takes this lock, so threads (the solve and the baselines, inverse.reconstruct)
+# can share the process. Uncontended it costs nothing measurable.
+ASTRA_LOCK = threading.Lock()
 
 # Relative adjoint mismatch accepted from ASTRA's CUDA projector before falling back to the CPU one.
 ADJOINT_TOL = 0.02
@@ -165,7 +172,8 @@ class Projector:
     def _map(op, x: np.ndarray, out_shape: tuple[int, ...], scale=None) -> np.ndarray:
         out = np.empty((x.shape[0], *out_shape), dtype=np.float32)
         for i in range(x.shape[0]):
-            out[i] = op(x[i]).asarray()
+            with ASTRA_LOCK:
+                out[i] = op(x[i]).asarray()
         if scale is not None:
             out *= scale
         return out

@@ -339,3 +339,23 @@ def test_resume_accepts_config_written_before_the_speed_options(tmp_path):
     check_resume_config(tmp_path, {**old, **RUN_DEFAULTS, "compile": True})  # compile is free
     with pytest.raises(ValueError, match="option 'precision' was 'fp32' in that run, now 'bf16'"):
         check_resume_config(tmp_path, dict(old, **dict(RUN_DEFAULTS, precision="bf16")))
+
+
+def test_parallel_baselines_give_the_same_results(assets, tmp_path):
+    """--parallel-baselines (TV in a thread beside the CT solve, its own operator instance)
+    changes the timing only: every image file and every PSNR/SSIM are identical."""
+    args = ["--problem", "ct_parbeam", "--views", "8", "--detectors", "48", "--solver", "dds", "--steps", "3",
+            "--baseline", "fbp,tv", "--tv-iters", "20", "--seed", "3"]
+    runs = {}
+    for mode in ("seq", "par"):
+        extra = ["--parallel-baselines"] if mode == "par" else []
+        res = recon(assets, tmp_path / mode, *args, *extra)
+        assert res.exit_code == 0, res.output
+        runs[mode] = only_run_dir(tmp_path / mode)
+    assert _files(runs["seq"]) == _files(runs["par"])
+    for f in sorted(runs["seq"].glob("*.npy")):
+        np.testing.assert_array_equal(np.load(f), np.load(runs["par"] / f.name), err_msg=f.name)
+    rows = {m: [(r["image"], r["method"], r["psnr"], r["ssim"]) for r in csv.DictReader(open(runs[m] / "metrics.csv"))]
+            for m in runs}
+    assert rows["seq"] == rows["par"] and {r[1] for r in rows["seq"]} == {"fbp", "tv", "padis"}
+    assert json.loads((runs["par"] / "config.json").read_text())["parallel_baselines"] is True
