@@ -119,14 +119,26 @@ def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir:
                 progress=False)
 
 
+def per_image(run_dir: str | Path, source: str) -> dict[str, dict] | None:
+    """{image: {psnr, ssim, seconds}} of method ``source`` from a run's metrics.csv (None if gone)."""
+    import csv
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        return {r["image"]: dict(psnr=float(r["psnr"]), ssim=float(r["ssim"]), seconds=float(r["seconds"]))
+                for r in csv.DictReader(f) if r["method"] == source}
+
+
 def cell_record(problem: str, method: str, summary: dict, source: str = "padis") -> dict:
-    """What the table needs from one run's summary (``source``: which method of the run)."""
+    """What the table and plot need from one run (``source``: which method of the run)."""
     s = summary["methods"][source]
     padis = source == "padis"
     return dict(problem=problem, method=method, n_images=summary["n_images"], psnr=s["psnr"], ssim=s["ssim"],
                 seconds_per_image=s["seconds_per_image"],
                 calls_per_image=summary["denoiser_calls_per_image"] if padis else None,
-                run_dir=summary["run_dir"], failures=len(summary.get("failures", [])))
+                run_dir=summary["run_dir"], failures=len(summary.get("failures", [])),
+                source=source, per_image=per_image(summary["run_dir"], source))
 
 
 def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list[Path], device: str,
@@ -149,7 +161,27 @@ def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list
 
 
 def load_cells(bench: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((bench / "cells").glob("*.json"))]
+    """Every cell; one written before cells kept per-image numbers gets them from its run's
+    metrics.csv if that is still there (and is rewritten with them)."""
+    cells = []
+    for path in sorted((bench / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        if cell.get("per_image") is None:
+            source = cell.get("source") or (cell["method"] if cell["method"] in ("fbp", "tv") else "padis")
+            found = per_image(cell["run_dir"], source)
+            if found:
+                cell.update(source=source, per_image=found)
+                misc.atomic_write_json(path, cell, overwrite=True)
+        cells.append(cell)
+    return cells
+
+
+def common_images(cells: list[dict]) -> list[str]:
+    """Images that every cell with per-image numbers scored (sorted); [] if any cell lacks them."""
+    sets = [set(c["per_image"]) for c in cells if c.get("per_image")]
+    if not sets or len(sets) < len(cells):
+        return []
+    return sorted(set.intersection(*sets))
 
 
 def _ms(d: dict | None, fmt: str) -> str:
@@ -174,8 +206,10 @@ def quality_table(cells: list[dict]) -> str:
 
 
 def plot_psnr_vs_seconds(cells: list[dict], path: Path, problem: str = PLOT_PROBLEM) -> bool:
-    """PSNR against seconds per image for the diffusion methods of ``problem`` (log x), TV as a
-    line; the default solver marked. False if there is nothing to plot."""
+    """PSNR against seconds per image for the diffusion methods of ``problem`` (log x), TV and
+    FBP as lines; the default solver marked. Means are over the images that every method scored
+    (cells run on different slice counts would otherwise not compare); without per-image numbers,
+    each cell's own mean (n in the label). False if there is nothing to plot."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -184,23 +218,32 @@ def plot_psnr_vs_seconds(cells: list[dict], path: Path, problem: str = PLOT_PROB
     points = [c for c in mine if c["calls_per_image"] is not None]
     if not points:
         return False
+    common = common_images(mine)
+
+    def mean(c, key):
+        if common:
+            return sum(c["per_image"][i][key] for i in common) / len(common)
+        return c["psnr" if key == "psnr" else "seconds_per_image"]["mean"]
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for c in points:
         default = c["method"] == DEFAULT_METHOD
-        ax.scatter(c["seconds_per_image"]["mean"], c["psnr"]["mean"], s=80 if default else 36,
-                   marker="*" if default else "o", color="C3" if default else "C0", zorder=3)
-        ax.annotate(f"{METHODS[c['method']]['label']} (n={c['n_images']})",
-                    (c["seconds_per_image"]["mean"], c["psnr"]["mean"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
+        xy = (mean(c, "seconds"), mean(c, "psnr"))
+        ax.scatter(*xy, s=80 if default else 36, marker="*" if default else "o", color="C3" if default else "C0",
+                   zorder=3)
+        label = METHODS[c["method"]]["label"] + ("" if common else f" (n={c['n_images']})")
+        ax.annotate(label, xy, textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xscale("log")  # before the baseline labels, which sit at the left edge
     for c in mine:
         if c["method"] in ("tv", "fbp"):
-            ax.axhline(c["psnr"]["mean"], color="gray", ls="--" if c["method"] == "tv" else ":", lw=1)
-            ax.annotate(METHODS[c["method"]]["label"], (ax.get_xlim()[0], c["psnr"]["mean"]), fontsize=7,
+            ax.axhline(mean(c, "psnr"), color="gray", ls="--" if c["method"] == "tv" else ":", lw=1)
+            ax.annotate(METHODS[c["method"]]["label"], (ax.get_xlim()[0], mean(c, "psnr")), fontsize=7,
                         color="gray", xytext=(2, 2), textcoords="offset points")
     ax.set_xlabel("seconds per image (2-core CPU; network calls dominate)")
     ax.set_ylabel("PSNR [dB]")
-    ax.set_title(f"{problem}: PSNR vs compute (star: default)")
+    which = f"mean over {', '.join(common)}" if common and len(common) <= 3 else (
+        f"mean over the {len(common)} images all ran on" if common else "each method's own images")
+    ax.set_title(f"{problem}: PSNR vs compute (star: default)\n{which}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     misc.atomic_write_with(path, lambda p: fig.savefig(p, format="png"), overwrite=True)

@@ -58,6 +58,7 @@ def test_smoke_all_methods(setup):
     assert [p.name for p in (bench / "inputs" / "n1").iterdir()] == ["slice_013.png"]
     assert json.loads((bench / "quality.json").read_text())["meta"]["smoke"] is True
     assert (bench / "psnr_vs_seconds.png").stat().st_size > 0
+    assert all(set(c["per_image"]) == {"slice_013"} for c in cells.values())
 
     # --run-dir adds to an earlier benchmark: done cells are kept, the ~1000-call solvers run only
     # on --expensive-problems (CT 20 views), the baselines come with the default cell
@@ -112,3 +113,16 @@ def test_ablation_smoke(setup):
     assert "| whole net | whole | - |" in (bench / "ablation.md").read_text()
     bad = CliRunner().invoke(ba.main, ["--network", str(patch), "--model", "x=/nonexistent.safetensors"])
     assert bad.exit_code == 2 and "/nonexistent.safetensors" in bad.output
+
+
+def test_plot_uses_images_common_to_all_cells(tmp_path):
+    """Cells run on different slice counts are compared on the images they share."""
+    def cell(method, psnrs, calls=20):
+        per = {f"s{i}": dict(psnr=p, ssim=0.5, seconds=1.0) for i, p in enumerate(psnrs)}
+        return dict(problem="ct_parbeam_20", method=method, n_images=len(psnrs), psnr=dict(mean=sum(psnrs) / len(psnrs)),
+                    seconds_per_image=dict(mean=1.0), calls_per_image=dict(mean=calls) if calls else None,
+                    per_image=per)
+    cells = [cell("dds", [30, 31, 20, 20]), cell("dps", [29, 32], 1000), cell("tv", [28, 28, 28], None)]
+    assert bq.common_images(cells) == ["s0", "s1"]
+    assert bq.common_images(cells + [dict(cells[0], per_image=None)]) == []  # one without: no common set
+    assert bq.plot_psnr_vs_seconds(cells, tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
