@@ -33,18 +33,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inverse.demo import HELD_OUT, TUNING_SLICE, stage_images  # noqa: E402  (after the path insert)
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_quality as bq  # noqa: E402  (after the path inserts)
+
+from inverse.demo import HELD_OUT, TUNING_SLICE, stage_images  # noqa: E402
 
 
 def run_config(network: str, inputs: Path, outdir: Path, k: int, steps: int, device: str) -> dict:
-    """``inverse.reconstruct.run`` config: 20-view CT, dds with ``steps`` levels, K images per call."""
-    return dict(network=network, input=str(inputs), measurements=None, image_size=None, mat_key="images",
-                normalize=False, max_images=None, problem="ct_parbeam", problem_kwargs=dict(views=20),
-                noise=0.005, prior="patch", pad=24, psize=56, stride=None, batch=None, precision="fp32",
-                channels_last=False, compile=False, images_per_batch=k, solver="dds", steps=steps,
-                sigma_min=0.003, sigma_max=1.0, solver_kwargs=dict(cg_iters=5, eta=1.0, lam=0.01),
-                baselines=[], tv_weight=None, tv_iters=None, outdir=str(outdir), seed=0, device=device,
-                progress=False, resume=None)
+    """``inverse.reconstruct.run`` config: the quality benchmark's 20-view CT dds cell with
+    ``steps`` levels, K images per call and no baselines."""
+    cfg = bq.cell_config("ct_parbeam_20", "dds", dict(patch=network), inputs, outdir, device, 0, {})
+    cfg.update(steps=steps, images_per_batch=k, baselines=[])
+    return cfg
 
 
 def measure(cfg: dict, device: torch.device) -> dict:
