@@ -55,10 +55,14 @@ from inverse.samplers import SAMPLERS
 @click.option("--steps", type=click.IntRange(min=1), help="Noise levels [default: solver's; dds 20, ddnm 50, others 100]")
 @click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), help="Smallest noise level [default: 0.003]")
 @click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), help="Largest noise level [default: solver's; dds 1, others 10]")
-@click.option("--zeta", type=float, help="dps/langevin/pc data step, a fraction of a Landweber step 1/||A||² [default: 1.8]")
+@click.option("--zeta", type=float, help="dps/langevin/pc data step, a fraction of a Landweber step 1/||A||² "
+              "[default: 1.8]; with --dc-step paper an absolute step [default: 0.3]")
 @click.option("--inner", type=click.IntRange(min=0), help="dps/langevin/pc inner iterations per level [default: dps/langevin 10, pc 1]")
 @click.option("--eps", type=float, help="dps/langevin/pc Langevin step alpha = eps*sigma^2 [default: 0.25]")
 @click.option("--dc-grad", type=click.Choice(["full", "x0"]), help="dps: gradient through the network or at D(x) [default: full]")
+@click.option("--dc-step", type=click.Choice(["landweber", "paper"]),
+              help="dps data step: zeta/||A||^2 on grad ½||y-A D(x)||^2, or the paper code's zeta on "
+                   "grad ||y-A D(x)|| started from clamp(pinv(y)) [default: landweber]")
 @click.option("--predictor", type=click.Choice(["sde", "ode"]), help="pc predictor [default: sde]")
 @click.option("--eta", type=float, help="ddnm/dds renoise: 1 fresh noise, 0 deterministic [default: ddnm 0.85, dds 1]")
 @click.option("--lam", type=float, help="dds prior weight relative to ||A||^2 [default: 0.01; 0.1 for deblurring]")

@@ -12,7 +12,7 @@ import click
 # CLI option -> operator keyword argument (inverse.operators.operator_options)
 PROBLEM_OPTIONS = dict(views="views", angle_range="angle_range", detectors="det_count", kernel_size="kernel_size",
                        kernel_sigma="kernel_sigma", factor="factor", mask="mask", mask_fraction="mask_fraction")
-SOLVER_OPTIONS = ("zeta", "inner", "eps", "dc_grad", "predictor", "eta", "lam", "cg_iters", "init")
+SOLVER_OPTIONS = ("zeta", "inner", "eps", "dc_grad", "dc_step", "predictor", "eta", "lam", "cg_iters", "init")
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 

@@ -30,6 +30,8 @@ Conventions shared by all solvers:
   The default 1.8 was the best of 0.3 / 1 / 1.8 on 20-view CT (tuning slice 004; 0.3 left the
   solvers sampling the prior almost unconditionally: 18 dB after 30 x 3 iterations); at the
   paper's 100 x 10 schedule it gives DPS (x0) 32.43 dB and Langevin 32.13 dB there.
+  ``dps`` with ``dc_step='paper'`` instead takes the paper code's own step: an absolute
+  ``zeta`` (its README: 0.3) on the gradient of ||y - A D(x)|| (see ``sample_dps``).
 * Non-finite values raise ``FloatingPointError`` naming the solver, the level and sigma.
 * Gradients: only ``dps`` with ``dc_grad='full'`` backpropagates through the prior (under
   ``torch.enable_grad``); everything else runs under ``torch.inference_mode`` (no autograd
@@ -244,40 +246,78 @@ def _finish(x: torch.Tensor) -> torch.Tensor:
 # Solvers
 
 
+DC_STEPS = ("landweber", "paper")  # dps data-step semantics (see sample_dps)
+ZETA_DEFAULTS = dict(landweber=1.8, paper=0.3)  # paper: the value of its README commands
+
+
+def _dps_start(op, y: torch.Tensor, sigma: float, generator: torch.Generator, x_init: torch.Tensor | None,
+               init: str, dc_step: str) -> torch.Tensor:
+    """dps start: as every solver's (``_start``), except that the paper's code starts from
+    clamp(pinv(y), 0, 1) without added noise."""
+    if dc_step != "paper" or x_init is not None:
+        return _start(op, y, sigma, generator, x_init, init, "dps")
+    if init != "pinv":
+        raise ValueError(f"dps: init={init!r} with dc_step='paper'; the paper's solver starts from "
+                         "clamp(pinv(y), 0, 1) (init='pinv')")
+    return op.pinv(y).detach().to(torch.float32).clamp(0, 1)
+
+
+def _dps_data_term(op, y: torch.Tensor, x: torch.Tensor, dc_step: str, dc_grad: str, zeta: float):
+    """(loss of D(x) to differentiate, step size) of dps' data step. 'landweber':
+    ½||y - A D(x)||² with step zeta/||A||²; 'paper': ||y - A D(x)|| per image (the norm, not
+    squared, as the paper's code) with step zeta."""
+    if dc_step not in DC_STEPS:
+        raise ValueError(f"dps: dc_step={dc_step!r}; expected one of {DC_STEPS}")
+    if dc_grad not in ("full", "x0"):
+        raise ValueError(f"dps: dc_grad={dc_grad!r}; expected 'full' or 'x0'")
+    if dc_step == "paper":
+        if dc_grad != "full":
+            raise ValueError("dps: dc_step='paper' differentiates through the network; it needs dc_grad='full'")
+        return (lambda z: residual_norm(op, y, z).sum()), zeta
+    return (lambda z: data_loss(op, y, z)), zeta / max(operator_norm(op, x) ** 2, 1e-12)
+
+
 @torch.no_grad()
 def sample_dps(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
                x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
-               zeta: float = 1.8,        # Data step (times 1/||A||²) on grad ½||y - A D(x)||².
+               zeta: float | None = None,  # Data step; None: 1.8 (landweber) or 0.3 (paper).
                inner: int = 10,          # Langevin iterations per noise level (paper's code: 10).
-               eps: float = 0.25,        # Langevin step alpha = eps * sigma².
+               eps: float = 0.25,        # Langevin step alpha = eps * sigma² (paper's code: 0.25).
                dc_grad: str = "full",    # 'full': backprop through the prior (DPS); 'x0': at D(x).
-               init: str = "pinv",       # Start: 'pinv' (pinv(y) + noise) or 'noise'.
+               dc_step: str = "landweber",  # 'landweber': zeta/||A||² on grad ½||r||²; 'paper': zeta on grad ||r||.
+               init: str = "pinv",       # Start: 'pinv' (pinv(y) + noise; paper: clamp(pinv(y))) or 'noise'.
                ) -> torch.Tensor:
     """PaDIS's solver: annealed Langevin dynamics with the patch prior's score plus the DPS
     data-consistency gradient (Chung et al. 2023; PaDIS Alg. 1). Per level sigma and inner
-    iteration: x0 = D(x); x <- x + eps (x0 - x) + sqrt(2 eps) sigma z - zeta/||A||² * g with
-    g = d ½||y - A D(x)||² / dx (``dc_grad='full'``, through the network) or
-    g = Aᵀ(A x0 - y) (``'x0'``, no backprop: a Landweber step taken at x0). No noise on the
-    last level. Prior calls: len(sigmas) * inner.
+    iteration: x0 = D(x); x <- x + eps (x0 - x) + sqrt(2 eps) sigma z - step * g. No noise on
+    the last level. Prior calls: len(sigmas) * inner.
 
-    The step: DPS's original (Chung et al.) step on ||y - A D(x)|| has a fixed update norm
-    whatever the residual; measured here on 20-view CT that leaves the solver sampling the prior
-    almost unconditionally (19.3 dB, below FBP, notes/quality.md). A step in Landweber units
-    (``zeta`` as for langevin/pc) shrinks with the residual and is scale-free."""
+    ``dc_step='landweber'`` (default): step = zeta/||A||² and g = d ½||y - A D(x)||² / dx
+    (``dc_grad='full'``, through the network) or g = Aᵀ(A x0 - y) (``'x0'``, no backprop: a
+    Landweber step taken at x0); start pinv(y) + sigmas[0] z.
+
+    ``dc_step='paper'``: the update of the paper's code, exactly (on the image; its canvas
+    padding aside): start clamp(pinv(y), 0, 1) without noise, step = zeta (absolute) and
+    g = d ||y - A D(x)|| / dx (the norm, not squared, through the network); with eps 0.25 the
+    prior part is the paper's x + (t²/4) score + t/√2 z.
+
+    Why Landweber is the default: the original step on ||y - A D(x)|| has a fixed update norm
+    whatever the residual; measured here on 20-view CT that leaves the solver sampling the
+    prior almost unconditionally (19.3 dB, below FBP, notes/quality.md). A step in Landweber
+    units (``zeta`` as for langevin/pc) shrinks with the residual and is scale-free."""
     name = "dps"
     _check_inner(inner, name)
-    if dc_grad not in ("full", "x0"):
-        raise ValueError(f"{name}: dc_grad={dc_grad!r}; expected 'full' or 'x0'")
+    zeta = ZETA_DEFAULTS.get(dc_step, 0.0) if zeta is None else zeta
     levels = _levels(sigmas, name)
-    x = _start(op, y, levels[0], generator, x_init, init, name)
-    step = zeta / max(operator_norm(op, x) ** 2, 1e-12)
+    x = _dps_start(op, y, levels[0], generator, x_init, init, dc_step)
+    loss, step = _dps_data_term(op, y, x, dc_step, dc_grad, zeta)
     # 'x0' needs no autograd at all: inference mode; 'full' differentiates through the prior.
     with torch.inference_mode(dc_grad == "x0"):
         for i, sigma in enumerate(levels):
             last = i == len(levels) - 1
             for _ in range(inner):
                 if dc_grad == "full":
-                    x0, g = denoise_with_grad(prior, x, sigma, generator, lambda z: data_loss(op, y, z))
+                    x0, g = denoise_with_grad(prior, x, sigma, generator, loss)
                 else:
                     x0 = prior(x, sigma, generator)
                     g = op.AT(op.A(x0) - y)

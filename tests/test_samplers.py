@@ -149,7 +149,8 @@ def test_x_init_and_init_noise(prior):
 
 def test_default_schedule_and_options():
     assert set(SAMPLERS) == {"dps", "langevin", "pc", "ddnm", "dds"} == set(SCHEDULE_DEFAULTS)
-    assert sampler_options("dps") == dict(zeta=1.8, inner=10, eps=0.25, dc_grad="full", init="pinv")
+    assert sampler_options("dps") == dict(zeta=None, inner=10, eps=0.25, dc_grad="full", dc_step="landweber",
+                                             init="pinv")
     assert sampler_options("dds")["cg_iters"] == 5
     with pytest.raises(ValueError, match="dds"):
         sampler_options("ddim")
@@ -277,3 +278,51 @@ def test_dps_zeta_is_a_fraction_of_a_landweber_step(dc_grad):
                               inner=1, eps=0.0, dc_grad=dc_grad)
         want = (x_init - zeta / op.norm() ** 2 * op.AT(op.A(x_init) - y)).clamp(0, 1)
         assert torch.allclose(out, want, atol=1e-6), (zeta, dc_grad)
+
+
+def test_dps_paper_step_matches_a_hand_computation(tiny_patch_net):
+    """dc_step='paper' is the paper code's update: start clamp(pinv(y)) without noise, then per
+    iteration x - zeta * d||y - A D(x)||/dx + (t²/4) (D(x) - x)/t² + t/√2 z (no z on the last
+    level). Two levels of one iteration each, with the real patch prior and its random grid
+    offsets, against the formula written out here (gradient of the norm by the chain rule)."""
+    prior = PatchPrior(tiny_patch_net, pad=4, psize=10)
+    op = MatrixOp(exact=False)
+    y = op.A(truth(1)) + 0.01 * torch.randn(1, op.M.shape[0], generator=torch.Generator().manual_seed(3))
+    sigmas, zeta = torch.tensor([0.5, 0.1]), 0.3
+    out = SAMPLERS["dps"](prior, op, y, sigmas, torch.Generator().manual_seed(5), inner=1, zeta=zeta,
+                          dc_step="paper")
+
+    gen = torch.Generator().manual_seed(5)
+    x = op.pinv(y).clamp(0, 1)
+    for i, t in enumerate(sigmas.tolist()):
+        xr = x.clone().requires_grad_()
+        with torch.enable_grad():
+            d = prior(xr, t, gen)  # draws this call's grid offset from gen, as the solver's call does
+            r = op.A(d) - y
+            g = torch.autograd.grad(d, xr, grad_outputs=op.AT(r / r.norm()))[0]  # J_Dᵀ Aᵀ r/||r||
+        d = d.detach()
+        x = x - zeta * g + t ** 2 / 4 * (d - x) / t ** 2
+        if i < len(sigmas) - 1:
+            x = x + t / math.sqrt(2) * torch.randn(x.shape, generator=gen)
+    assert torch.allclose(out, x.clamp(0, 1), atol=1e-6)
+    assert not torch.allclose(out, run("dps", prior, op, y, steps=2, inner=1, zeta=zeta), atol=1e-3)
+
+
+def test_dps_paper_step_options():
+    op = MatrixOp(exact=True)
+    y = op.A(truth(1))
+    identity = lambda x, sigma, gen: x  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="dc_step='nope'"):
+        SAMPLERS["dps"](identity, op, y, torch.tensor([0.1]), g, dc_step="nope")
+    with pytest.raises(ValueError, match="needs dc_grad='full'"):
+        SAMPLERS["dps"](identity, op, y, torch.tensor([0.1]), g, dc_step="paper", dc_grad="x0")
+    with pytest.raises(ValueError, match="init='noise' with dc_step='paper'"):
+        SAMPLERS["dps"](identity, op, y, torch.tensor([0.1]), g, dc_step="paper", init="noise")
+    # Default zeta of the paper step is its README's 0.3: one noise-free iteration with D(x) = x
+    # and eps = 0 moves x by exactly 0.3 along -Aᵀr/||r||.
+    x_init = torch.rand(1, 1, H, W, generator=g)
+    out = SAMPLERS["dps"](identity, op, y, torch.tensor([0.1]), g, x_init=x_init.clone(), inner=1, eps=0.0,
+                          dc_step="paper")
+    r = op.A(x_init) - y
+    assert torch.allclose(out, (x_init - 0.3 * op.AT(r) / r.norm()).clamp(0, 1), atol=1e-6)
