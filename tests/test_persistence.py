@@ -11,9 +11,11 @@ import math
 import os
 import pickle
 import subprocess
+import sys
 import time
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +25,8 @@ import torch
 from dnnlib.util import EasyDict
 from torch_utils import persistence
 from torch_utils.persistence import CheckpointError, load_network, load_snapshot, save_network, save_pickle
-from training.networks import build_network
+from torch_utils.safe_unpickler import SafeUnpickler
+from training.networks import EDMPrecond, PatchEDMPrecond, build_network
 from training.patch_loss import PatchEDMLoss
 
 
@@ -99,7 +102,7 @@ def _no_side_effect(marker) -> None:
     assert not os.path.exists(str(marker) + ".sh")
 
 
-class _RecordingUnpickler(persistence.SafeUnpickler):
+class _RecordingUnpickler(SafeUnpickler):
     def __init__(self, file, source):
         super().__init__(file, source)
         self.seen = set()
@@ -338,6 +341,24 @@ def test_edm_family_tool_loads_our_pickle(tmp_path, tiny_patch_net):
     assert net._init_kwargs == tiny_patch_net.init_kwargs
     assert torch.equal(_probe(net.eval()), _probe(tiny_patch_net))
     assert snap["loss_fn"].P_mean == PatchEDMLoss().P_mean
+    # Executing module_src registered nothing: our loader still rebuilds our own classes.
+    assert persistence.loadable_networks() == {"EDMPrecond": EDMPrecond, "PatchEDMPrecond": PatchEDMPrecond,
+                                               "Patch_EDMPrecond": PatchEDMPrecond}
+    assert type(load_network(tmp_path / "net.pkl")) is PatchEDMPrecond
+
+
+def test_torch_utils_does_not_import_training(tmp_path, tiny_patch_net):
+    """The loader knows only the classes that registered themselves: in a process that never
+    imported training, a network file is refused with a hint, and nothing imports training."""
+    save_network(tiny_patch_net, tmp_path / "net.safetensors")
+    code = ("import sys\nfrom torch_utils import persistence\n"
+            "try:\n    persistence.load_network(sys.argv[1])\n"
+            "except persistence.CheckpointError as exc:\n    print(exc)\n"
+            "print('training' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "net.safetensors")], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout.splitlines()
+    assert "is not one of [] (no network class is registered: import training.networks first)" in out[0]
+    assert out[1] == "False"
 
 
 def test_handwritten_edm_pickle_loads_without_running_its_source(tmp_path, tiny_patch_net):

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.nn.functional import silu
 
+from torch_utils import persistence
+
 # ----------------------------------------------------------------------------------------
 # Building blocks
 
@@ -37,6 +39,7 @@ def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> t
                      "kaiming_uniform or kaiming_normal")
 
 
+@persistence.persistent_class
 class Linear(torch.nn.Module):
     """Fully connected layer with EDM initialisation."""
 
@@ -55,6 +58,7 @@ class Linear(torch.nn.Module):
         return torch.nn.functional.linear(x, w, b)
 
 
+@persistence.persistent_class
 class Conv2d(torch.nn.Module):
     """Convolution with optional 2x up/down-sampling by a separable FIR filter.
 
@@ -111,6 +115,7 @@ class Conv2d(torch.nn.Module):
         return x
 
 
+@persistence.persistent_class
 class GroupNorm(torch.nn.Module):
     """Group normalisation with at least ``min_channels_per_group`` channels per group."""
 
@@ -127,6 +132,7 @@ class GroupNorm(torch.nn.Module):
                                               self.bias.to(x.dtype), self.eps)
 
 
+@persistence.persistent_class
 class UNetBlock(torch.nn.Module):
     """Residual block of DDPM++ with optional resampling and single-head self-attention."""
 
@@ -189,6 +195,7 @@ class UNetBlock(torch.nn.Module):
         return x
 
 
+@persistence.persistent_class
 class PositionalEmbedding(torch.nn.Module):
     """Sinusoidal embedding of the noise level (DDPM++)."""
 
@@ -206,6 +213,7 @@ class PositionalEmbedding(torch.nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)
 
 
+@persistence.persistent_class
 class FourierEmbedding(torch.nn.Module):
     """Random Fourier feature embedding of the noise level (NCSN++)."""
 
@@ -222,6 +230,7 @@ class FourierEmbedding(torch.nn.Module):
 # DDPM++ / NCSN++ U-Net (Song et al. 2021), in the EDM layout
 
 
+@persistence.persistent_class
 class SongUNet(torch.nn.Module):
     """DDPM++ U-Net. ``img_resolution`` only names the levels (``'64x64_block0'``); any input
     whose sides are divisible by ``2**(len(channel_mult)-1)`` works."""
@@ -394,12 +403,16 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
     return sigma_data ** 2 / s2, sigma * sigma_data / s2.sqrt(), 1 / s2.sqrt(), sigma.log() / 4
 
 
+@persistence.persistent_class
 class EDMPrecond(torch.nn.Module):
     """Whole-image EDM denoiser ``D(x, sigma) -> x0_hat`` (no position channels).
 
     ``init_kwargs`` records the constructor arguments: ``type(net)(**net.init_kwargs)``
     rebuilds the same architecture (used by the safetensors+json snapshot format).
     """
+
+    loadable_names = ("EDMPrecond",)  # class names under which checkpoints may hold this network
+    model_types = MODEL_TYPES  # model_type kwarg -> U-Net class (checked when loading)
 
     def __init__(self,
                  img_resolution: int,              # Training image resolution.
@@ -454,6 +467,7 @@ class EDMPrecond(torch.nn.Module):
         return torch.as_tensor(sigma)
 
 
+@persistence.persistent_class
 class PatchEDMPrecond(EDMPrecond):
     """Position-aware patch denoiser ``D(x, sigma, pos)`` of Patch-Diffusion / PaDIS.
 
@@ -461,6 +475,8 @@ class PatchEDMPrecond(EDMPrecond):
     checkpoints; ``out_channels`` is the number of image channels. ``pos``: (B, 2, h, w), x
     (column) then y (row) coordinates in [-1, 1] on the padded canvas.
     """
+
+    loadable_names = ("PatchEDMPrecond", "Patch_EDMPrecond")  # the second: Patch-Diffusion/PaDIS pickles
 
     def __init__(self,
                  img_resolution: int,              # Padded training canvas (image + 2*pad_width).
@@ -500,13 +516,6 @@ class PatchEDMPrecond(EDMPrecond):
         if self.pos_channels and pos is None:
             raise ValueError("PatchEDMPrecond: this network expects 2 position channels; pass pos")
         return self._run(x, sigma, pos if self.pos_channels else None, class_labels, force_fp32)
-
-
-# Name used by the Patch-Diffusion / PaDIS code and their pickles.
-Patch_EDMPrecond = PatchEDMPrecond
-
-PRECOND_TYPES = {"EDMPrecond": EDMPrecond, "PatchEDMPrecond": PatchEDMPrecond,
-                 "Patch_EDMPrecond": PatchEDMPrecond}
 
 
 # ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from torch_utils import persistence
 from training.networks import position_grid
 
 WHOLE = "whole"
@@ -143,6 +144,7 @@ def sample_patches(images: torch.Tensor, psize: PatchSize, pad_width: int,
     return patches, pos, offsets
 
 
+@persistence.persistent_class
 class PatchEDMLoss:
     """EDM loss on random patches; ``loss_fn(net, images, psize, generator)`` -> per-pixel
     weighted loss (B, C, h, w). ``net`` is ``D(x, sigma, pos)``."""
