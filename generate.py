@@ -13,7 +13,7 @@ from __future__ import annotations
 import click
 import torch
 
-from inverse.cli import check_network, parse_size, run_or_fail
+from inverse.cli import check_network, parse_pad, parse_size, run_or_fail
 from inverse.generate import EDM_METHODS, parse_int_list
 from inverse.generate import run as generate_run
 from inverse.reconstruct import PRIOR_BUILDERS
@@ -36,8 +36,10 @@ def parse_seeds(ctx, param, value):
 @click.option("--sigma-min", default=0.002, type=float, help="Smallest noise level")
 @click.option("--sigma-max", default=80.0, type=float, help="Largest noise level")
 @click.option("--prior", default="patch", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser")
-@click.option("--pad", default=24, type=click.IntRange(min=0), help="Zero padding of the image, pixels")
-@click.option("--psize", default=56, type=click.IntRange(min=1), help="Patch size, pixels")
+@click.option("--pad", callback=parse_pad, help="Zero padding per side, pixels: P or 'rows,cols' [default: chosen "
+              "from --size, 24 for 256]")
+@click.option("--psize", type=click.IntRange(min=1), help="Patch size, pixels [default: chosen from --size and "
+              "the network's trained patch sizes, 56 for 256]")
 @click.option("--stride", type=click.IntRange(min=1), help="Patch stride of --prior average [default: psize//2]")
 @click.option("--batch", type=click.IntRange(min=1), help="Max patches per network call [default: all]")
 @click.option("--outdir", default="out", type=click.Path(file_okay=False), help="Runs go to OUTDIR/NNNNN-generate-HxW/")

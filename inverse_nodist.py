@@ -15,6 +15,7 @@ import torch
 from inverse.cli import (
     check_network,
     parse_baselines,
+    parse_pad,
     parse_size,
     parse_window,
     problem_options,
@@ -49,8 +50,10 @@ from inverse.samplers import SAMPLERS
 @click.option("--parallel-baselines", is_flag=True,
               help="Run the baselines (TV, FBP) in a thread beside the solve: faster on CPU, same results; "
                    "per-method seconds then overlap")
-@click.option("--pad", default=24, type=click.IntRange(min=0), help="Zero padding of the image, pixels")
-@click.option("--psize", default=56, type=click.IntRange(min=1), help="Patch size, pixels")
+@click.option("--pad", callback=parse_pad, help="Zero padding per side, pixels: P, or 'rows,cols' "
+              "[default: chosen per image size; 24 with --psize 56 for 256x256, the paper's]")
+@click.option("--psize", type=click.IntRange(min=1), help="Patch size, pixels [default: chosen per image size "
+              "within the network's trained patch sizes, closest to the paper's 56/24 ratio]")
 @click.option("--stride", type=click.IntRange(min=1), help="Patch stride of --prior average [default: psize//2]")
 @click.option("--steps", type=click.IntRange(min=1), help="Noise levels [default: solver's; dds 20, ddnm 50, others 100]")
 @click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), help="Smallest noise level [default: 0.003]")

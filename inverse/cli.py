@@ -35,6 +35,19 @@ def parse_size(ctx, param, value):
     return parts * (3 - len(parts))
 
 
+def parse_pad(ctx, param, value):
+    """'24' -> 24, '15,23' -> [15, 23] (rows, columns); each >= 1."""
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected P or 'rows,cols' in pixels") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: expected P or 'rows,cols' with sizes >= 1")
+    return parts[0] if len(parts) == 1 else parts
+
+
 def parse_window(ctx, param, value):
     """'-1000,2000' -> [-1000.0, 2000.0] (HU window: lower < upper)."""
     if value is None:

@@ -15,6 +15,7 @@ tile. Shows what the prior learned; no operator is involved.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -108,9 +109,18 @@ def run(cfg: dict) -> Path:
     a new ``OUTDIR/NNNNN-generate-HxW`` directory; returns that directory.
 
     cfg keys: network, size [H, W], seeds (list), steps, sigma_min, sigma_max, method, churn,
-    prior, pad, psize, stride, batch, outdir, device, progress.
+    prior, pad, psize (None: chosen, recorded as ``grid``), stride, batch, outdir, device, progress.
     """
-    from inverse.reconstruct import PRIOR_BUILDERS, build_prior, check_prior_geometry, network_image_channels
+    from inverse.checkpoint_info import trained_patch_range, training_info
+    from inverse.reconstruct import (
+        DEFAULT_PATCH_RANGE,
+        PRIOR_BUILDERS,
+        build_prior,
+        check_prior_geometry,
+        describe_grids,
+        network_image_channels,
+        resolve_grids,
+    )
     from inverse.samplers import get_sigmas_karras
     from torch_utils.persistence import load_network
 
@@ -120,6 +130,10 @@ def run(cfg: dict) -> Path:
     check_prior_geometry(cfg, {(h, w)})
     device = torch.device(cfg["device"])
     net = load_network(cfg["network"], device=device)
+    cfg = dict(cfg, patch_range=list(trained_patch_range(training_info(cfg["network"])) or DEFAULT_PATCH_RANGE))
+    cfg["grid"] = resolve_grids(cfg, net, {(h, w)})
+    for line in describe_grids(cfg["grid"], cfg["patch_range"]):
+        print(line, file=sys.stderr)
     prior = build_prior(net, cfg)
     channels = network_image_channels(net)
     sigmas = get_sigmas_karras(cfg["steps"], cfg["sigma_min"], cfg["sigma_max"], device="cpu")

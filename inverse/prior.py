@@ -23,6 +23,7 @@ extract -> stitch round trip (STYLE.md habit 4).
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
@@ -47,21 +48,92 @@ def valid_psizes(size: int, pad: int) -> list[int]:
             if size + pad <= patches_per_axis(size, p) * p <= size + pad + 1]
 
 
-def check_grid(height: int, width: int, pad: int, psize: int) -> tuple[int, int]:
-    """Return (P_h, P_w) for an H x W image, or raise a ValueError naming valid psize values."""
-    if pad < 1:
-        raise ValueError(f"PatchPrior: pad={pad}; the random grid offset is drawn from [0, pad-1], "
+def axis_pads(pad) -> tuple[int, int]:
+    """``pad`` as (rows, columns): an int pads both axes alike, a pair each its own."""
+    if isinstance(pad, (int, float)):
+        return int(pad), int(pad)
+    rows, cols = pad
+    return int(rows), int(cols)
+
+
+def pads_for(size: int, psize: int) -> list[int]:
+    """The pads (>= 1) with which ``psize`` tiles a side of ``size`` pixels: P*psize - size
+    and one less (see :func:`valid_psizes`)."""
+    top = patches_per_axis(size, psize) * psize - size
+    return [p for p in (top - 1, top) if p >= 1]
+
+
+# The paper's 256 x 256 configuration: psize 56, pad 24. Automatic grids keep this ratio.
+PAPER_PSIZE_PER_PAD = 56 / 24
+
+
+def grid_candidates(height: int, width: int, psizes: list[int]) -> list[tuple[float, object, int]]:
+    """Every working (pad, psize) for an H x W image with psize in ``psizes``, best first:
+    ``[(score, pad, psize)]`` where pad is an int (both axes) or a (rows, columns) pair and
+    score = sum over the axes of |log(psize/pad) - log(56/24)| (0 for the paper's 256², 24, 56).
+    Ties go to one pad for both axes, then to the larger psize (fewer patches per call)."""
+    ideal = math.log(PAPER_PSIZE_PER_PAD)
+    out = []
+    for p in psizes:
+        for ph in pads_for(height, p):
+            for pw in pads_for(width, p):
+                score = abs(math.log(p / ph) - ideal) + abs(math.log(p / pw) - ideal)
+                out.append((round(score, 9), ph != pw, -p, ph, pw))
+    out.sort()
+    return [(s, ph if ph == pw else (ph, pw), -neg_p) for s, _, neg_p, ph, pw in out]
+
+
+def candidate_psizes(patch_sizes: tuple[int, int] = (16, 64), multiple: int = 1) -> list[int]:
+    """Patch sizes from the smallest to the largest trained one that the network accepts
+    (multiples of ``multiple``, the U-Net's 2**(levels-1)); at least the smallest such
+    multiple >= the smallest trained size."""
+    lo, hi = patch_sizes
+    first = -(-lo // multiple) * multiple
+    return list(range(first, max(hi, first) + 1, multiple))
+
+
+def choose_grid(height: int, width: int, patch_sizes: tuple[int, int] = (16, 64), multiple: int = 1,
+                pad=None, psize: int | None = None) -> tuple[object, int]:
+    """(pad, psize) for an H x W image: the best of :func:`grid_candidates` over the trained
+    patch-size range ``patch_sizes`` (min, max), pixels; a given ``pad`` or ``psize`` is kept
+    and only the other one chosen. 256 x 256 gives the paper's (24, 56). ValueError (from
+    :func:`check_grid`) when a given pad leaves no psize in that range."""
+    if pad is not None and psize is not None:
+        return pad, psize
+    psizes = [psize] if psize is not None else candidate_psizes(patch_sizes, multiple)
+    found = [(pd, p) for _, pd, p in grid_candidates(height, width, psizes)
+             if pad is None or axis_pads(pd) == axis_pads(pad)]
+    if not found:
+        check_grid(height, width, pad, psizes[-1])  # raises, listing what works
+    return found[0]
+
+
+def format_pad(pad) -> str:
+    rows, cols = axis_pads(pad)
+    return str(rows) if rows == cols else f"{rows},{cols}"
+
+
+def check_grid(height: int, width: int, pad, psize: int) -> tuple[int, int]:
+    """Return (P_h, P_w) for an H x W image, or raise a ValueError naming working values:
+    the psize values for this pad and (pad, psize) pairs. ``pad``: int or (rows, columns)."""
+    pads = axis_pads(pad)
+    if min(pads) < 1:
+        raise ValueError(f"PatchPrior: pad={format_pad(pad)}; the random grid offset is drawn from [0, pad-1], "
                          "so pad must be >= 1 (the paper uses pad 24 with psize 56 for 256 x 256)")
     counts = []
-    for name, size in (("height", height), ("width", width)):
+    for name, size, p_ax in (("height", height, pads[0]), ("width", width, pads[1])):
         n = patches_per_axis(size, psize)
-        if not size + pad <= n * psize <= size + pad + 1:
-            good = [p for p in valid_psizes(height, pad) if p in valid_psizes(width, pad)]
+        if not size + p_ax <= n * psize <= size + p_ax + 1:
+            good = [p for p in valid_psizes(height, pads[0]) if p in valid_psizes(width, pads[1])]
+            pairs = grid_candidates(height, width, candidate_psizes())[:4]
             raise ValueError(
-                f"PatchPrior: psize={psize} with pad={pad} does not tile image {name} {size}: need "
-                f"{size + pad} <= P*psize <= {size + pad + 1} with P = {size}//psize + 1 = {n} "
-                f"(P*psize = {n * psize}); valid psize values for {height}x{width} and pad {pad}: "
-                f"{good if good else 'none (change pad)'}")
+                f"PatchPrior: psize={psize} with pad={format_pad(pad)} does not tile image {name} {size}: need "
+                f"{size + p_ax} <= P*psize <= {size + p_ax + 1} with P = {size}//psize + 1 = {n} "
+                f"(P*psize = {n * psize}); valid psize values for {height}x{width} and pad {format_pad(pad)}: "
+                f"{good if good else 'none (change pad)'}; working (pad, psize) pairs: "
+                + ", ".join(f"({format_pad(pd)}, {p})" for _, pd, p in pairs)
+                + " (a pad 'rows,cols' pads each axis on its own; leave pad and psize unset to choose "
+                "automatically, or use prior 'average', which tiles any size)")
         counts.append(n)
     return counts[0], counts[1]
 
@@ -231,64 +303,90 @@ class _PriorBase:
 class PatchPrior(_PriorBase):
     """PaDIS whole-image denoiser from non-overlapping patches on a randomly shifted grid.
 
-    The H x W image is zero-padded by ``pad`` (canvas ``(H + 2*pad) x (W + 2*pad)``); a grid of
-    P_h x P_w patches of ``psize`` pixels (P = size // psize + 1 per axis) starts at row ``a``,
-    column ``b``, both drawn uniformly from [0, pad-1] with ``generator`` at every call (paper
-    Sec. 3.2, Fig. 2). All patches of all images are denoised in one batched call (or chunks of
+    The H x W image is zero-padded by ``pad`` (canvas ``(H + 2*pad) x (W + 2*pad)``; a pair
+    pads rows and columns each by its own amount); a grid of P_h x P_w patches of ``psize``
+    pixels (P = size // psize + 1 per axis) starts at row ``a``, column ``b``, drawn uniformly
+    from [0, pad_rows-1] and [0, pad_cols-1] with ``generator`` at every call (paper Sec. 3.2,
+    Fig. 2). All patches of all images are denoised in one batched call (or chunks of
     ``batch`` patches), each with its position channels cropped from the canvas grid, and put
     back by the inverse reshape; the canvas outside the image is discarded (zero). Paper:
-    256 x 256 images, pad 24, psize 56, P 5.
+    256 x 256 images, pad 24, psize 56, P 5. With ``pad`` and ``psize`` None the grid of each
+    image size is :func:`choose_grid` over ``patch_sizes`` (see :meth:`grid_for`).
     """
 
     def __init__(self,
                  net: torch.nn.Module,      # D(x, sigma, pos) patch denoiser.
-                 pad: int,                  # Zero padding on each side of the image, pixels.
-                 psize: int,                # Patch side, pixels.
+                 pad=None,                  # Zero padding per side, pixels: int or (rows, cols); None: chosen.
+                 psize: int | None = None,  # Patch side, pixels; None: chosen per image size.
                  batch: int | None = None,  # Max patches per network call; None = all at once.
+                 patch_sizes: tuple[int, int] = (16, 64),  # Trained patch sizes (min, max) for the choice.
                  **speed,                   # precision, channels_last, compile (see _PriorBase).
                  ):
         super().__init__(net, batch, **speed)
-        self.pad = int(pad)
-        self.psize = int(psize)
+        self.pad = None if pad is None else (int(pad) if isinstance(pad, (int, float)) else axis_pads(pad))
+        self.psize = None if psize is None else int(psize)
+        self.patch_sizes = tuple(patch_sizes)
+        model = getattr(net, "model", None)
+        self.multiple = 2 ** (getattr(model, "num_levels", 1) - 1)
+        self._chosen: dict[tuple[int, int], tuple[object, int]] = {}
 
-    def draw_offset(self, generator: torch.Generator | None) -> tuple[int, int]:
-        """Grid offset (a, b), each uniform in [0, pad-1], drawn on the generator's device."""
+    def grid_for(self, height: int, width: int) -> tuple[object, int]:
+        """(pad, psize) used for H x W images: the given ones, the missing one(s) chosen by
+        :func:`choose_grid` (once per size)."""
+        if self.pad is not None and self.psize is not None:
+            return self.pad, self.psize
+        if (height, width) not in self._chosen:
+            self._chosen[height, width] = choose_grid(height, width, self.patch_sizes, self.multiple,
+                                                      pad=self.pad, psize=self.psize)
+        return self._chosen[height, width]
+
+    def draw_offset(self, generator: torch.Generator | None, pad=None) -> tuple[int, int]:
+        """Grid offset (a, b), uniform in [0, pad_rows-1] x [0, pad_cols-1], drawn on the
+        generator's device (``pad``: default the prior's)."""
         if generator is None:
             raise ValueError("PatchPrior needs a torch.Generator to draw the grid offset (no global RNG)")
-        a, b = torch.randint(0, self.pad, (2,), generator=generator, device=generator.device).tolist()
+        rows, cols = axis_pads(self.pad if pad is None else pad)
+        if rows == cols:
+            a, b = torch.randint(0, rows, (2,), generator=generator, device=generator.device).tolist()
+            return a, b
+        a = torch.randint(0, rows, (1,), generator=generator, device=generator.device).item()
+        b = torch.randint(0, cols, (1,), generator=generator, device=generator.device).item()
         return a, b
 
     def _grid_inputs(self, x: torch.Tensor, sigma, offset: tuple[int, int]):
         """Network inputs of the grid at ``offset``: patches, position crops (or None) and one
         sigma per patch, plus the grid shape (P_h, P_w)."""
         bsz, _, height, width = x.shape
-        ph, pw = check_grid(height, width, self.pad, self.psize)
+        pad, p = self.grid_for(height, width)
+        ph, pw = check_grid(height, width, pad, p)
+        rows, cols = axis_pads(pad)
         a, b = offset
-        pad, p = self.pad, self.psize
-        canvas = F.pad(x, (pad, pad, pad, pad))
+        canvas = F.pad(x, (cols, cols, rows, rows))
         patches = extract_patches(grid_region(canvas, a, b, ph, pw, p), p)
         pos = None
         if self.positional:
-            grid = self.canvas_grid(height + 2 * pad, width + 2 * pad, x)
+            grid = self.canvas_grid(height + 2 * rows, width + 2 * cols, x)
             pos = extract_patches(grid_region(grid, a, b, ph, pw, p), p).repeat(bsz, 1, 1, 1)
         sig = _sigma_vector(sigma, bsz, x).repeat_interleave(ph * pw)
         return patches, pos, sig, ph, pw
 
     def _to_image(self, patches: torch.Tensor, bsz: int, ph: int, pw: int, offset: tuple[int, int],
                   height: int, width: int) -> torch.Tensor:
-        """Stitch per-patch outputs and crop the image: it starts at (pad - a, pad - b) inside
-        the grid region; the rest is canvas and is discarded."""
+        """Stitch per-patch outputs and crop the image: it starts at (pad_rows - a, pad_cols - b)
+        inside the grid region; the rest is canvas and is discarded."""
+        rows, cols = axis_pads(self.grid_for(height, width)[0])
         a, b = offset
         out = stitch_patches(patches, bsz, ph, pw)
-        return out[:, :, self.pad - a:self.pad - a + height, self.pad - b:self.pad - b + width]
+        return out[:, :, rows - a:rows - a + height, cols - b:cols - b + width]
 
     def __call__(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None,
                  offset: tuple[int, int] | None = None) -> torch.Tensor:
         """x: (B, C, H, W) noisy images; sigma: float or (B,). Returns x0_hat (B, C, H, W).
         ``offset`` fixes (a, b) instead of drawing it (tests, debugging)."""
         bsz, _, height, width = x.shape
-        check_grid(height, width, self.pad, self.psize)
-        offset = self.draw_offset(generator) if offset is None else offset
+        pad, psize = self.grid_for(height, width)
+        check_grid(height, width, pad, psize)
+        offset = self.draw_offset(generator, pad) if offset is None else offset
         patches, pos, sig, ph, pw = self._grid_inputs(x, sigma, offset)
         return self._to_image(self.denoise(patches, sig, pos), bsz, ph, pw, offset, height, width)
 
@@ -304,12 +402,13 @@ class PatchPrior(_PriorBase):
         extra forward per call; peak memory: one chunk's activations. Both passes use the same
         grid offset (one draw from ``generator``, as a plain call)."""
         bsz, channels, height, width = x.shape
-        ph, pw = check_grid(height, width, self.pad, self.psize)
+        pad, p = self.grid_for(height, width)
+        ph, pw = check_grid(height, width, pad, p)
         n = bsz * ph * pw
         if self.batch is None or n <= self.batch:
             return autograd_denoise(self, x, sigma, generator, loss)
-        a, b = offset = self.draw_offset(generator)
-        pad, p = self.pad, self.psize
+        a, b = offset = self.draw_offset(generator, pad)
+        rows, cols = axis_pads(pad)
         x = x.detach()
         with torch.no_grad():
             x0 = self(x, sigma, offset=offset)
@@ -318,7 +417,7 @@ class PatchPrior(_PriorBase):
             v = torch.autograd.grad(loss(x0_leaf), x0_leaf)[0]
         x0 = x0.detach()
         v_region = x.new_zeros(bsz, channels, ph * p, pw * p)
-        v_region[:, :, pad - a:pad - a + height, pad - b:pad - b + width] = v  # adjoint of the crop
+        v_region[:, :, rows - a:rows - a + height, cols - b:cols - b + width] = v  # adjoint of the crop
         v_patches = extract_patches(v_region, p)
         patches, pos, sig, _, _ = self._grid_inputs(x, sigma, offset)
         grads = torch.empty_like(patches)

@@ -12,6 +12,9 @@ writes to ``config.json``). Keys (all present; ``None`` means "library default")
     problem        key of inverse.operators.OPERATORS; problem_kwargs: its options
     noise          measurement noise level passed to op.noise (0: none; see inverse.operators)
     prior          'patch' | 'whole' | 'average'; pad, psize, stride, batch: its geometry
+                   (pad: int or [rows, cols]; pad/psize None: chosen per image size from the
+                   network's trained patch sizes, recorded as ``grid`` {"HxW": {pad, psize,
+                   chosen}} and ``patch_range`` in config.json and printed)
     precision, channels_last, compile   how the network runs (inverse.prior._PriorBase):
                    'fp32' | 'bf16' | 'fp16' autocast, channels-last layout, torch.compile
     images_per_batch   K: images of the same size solved together, their patches in one call
@@ -68,6 +71,8 @@ from inverse import io as rio
 from torch_utils import distributed as ddp
 from torch_utils import misc
 
+# Trained patch sizes (min, max) assumed for a checkpoint that does not record them (the paper's 16/32/64).
+DEFAULT_PATCH_RANGE = (16, 64)
 PADIS = "padis"  # method name of our reconstruction in metrics.csv / summary.json
 
 # Keys added after the first release: a cfg (or an older run's config.json) without them means these.
@@ -78,7 +83,8 @@ SPEED_KEYS = ("precision", "channels_last", "compile")
 
 def _patch_prior(net, cfg, **speed):
     from inverse.prior import PatchPrior
-    return PatchPrior(net, pad=cfg["pad"], psize=cfg["psize"], batch=cfg["batch"], **speed)
+    return PatchPrior(net, pad=cfg["pad"], psize=cfg["psize"], batch=cfg["batch"],
+                      patch_sizes=cfg.get("patch_range") or DEFAULT_PATCH_RANGE, **speed)
 
 
 def _whole_prior(net, cfg, **speed):
@@ -87,10 +93,15 @@ def _whole_prior(net, cfg, **speed):
 
 
 def _average_prior(net, cfg, **speed):
-    from inverse.prior import OverlapAveragePrior
-    stride = cfg["stride"] if cfg["stride"] is not None else max(1, cfg["psize"] // 2)
-    return OverlapAveragePrior(net, psize=cfg["psize"], stride=stride, pad=cfg["pad"], batch=cfg["batch"],
-                               **speed)
+    from inverse.prior import OverlapAveragePrior, axis_pads
+    pad, psize = cfg["pad"], cfg["psize"]
+    if pad is None or psize is None:  # the grid chosen for the (first) image size: its psize, larger pad
+        chosen = next(iter((cfg.get("grid") or {}).values()), None)
+        if chosen is None:
+            raise ValueError("prior 'average' without pad/psize needs the chosen grid (cfg['grid'])")
+        pad, psize = max(axis_pads(chosen["pad"])), chosen["psize"]
+    stride = cfg["stride"] if cfg["stride"] is not None else max(1, psize // 2)
+    return OverlapAveragePrior(net, psize=psize, stride=stride, pad=pad, batch=cfg["batch"], **speed)
 
 
 # --prior name -> builder(net, cfg). 'average' is the paper's overlapping-patch ablation.
@@ -137,11 +148,36 @@ def image_batches(items: list, k: int, key: Callable) -> list[list]:
 
 
 def check_prior_geometry(cfg: dict, shapes: set[tuple[int, int]]) -> None:
-    """Fail before any work if the patch grid cannot tile an image size (ValueError)."""
-    if cfg["prior"] == "patch":
+    """Fail before any work if a given patch grid cannot tile an image size (ValueError); a
+    grid left to choose (pad/psize None) always tiles."""
+    if cfg["prior"] == "patch" and cfg["pad"] is not None and cfg["psize"] is not None:
         from inverse.prior import check_grid
         for h, w in sorted(shapes):
             check_grid(h, w, cfg["pad"], cfg["psize"])
+
+
+def resolve_grids(cfg: dict, net: torch.nn.Module, shapes: set[tuple[int, int]]) -> dict:
+    """The patch grid of every image size, chosen where pad/psize are unset (from the size and
+    the network's trained patch sizes ``cfg['patch_range']``): {"HxW": {pad, psize, chosen}}."""
+    from inverse.prior import PatchPrior
+    if cfg["prior"] not in ("patch", "average"):
+        return {}
+    probe = PatchPrior(net, pad=cfg["pad"], psize=cfg["psize"],
+                       patch_sizes=cfg.get("patch_range") or DEFAULT_PATCH_RANGE)
+    grids = {}
+    for h, w in sorted(shapes):
+        pad, psize = probe.grid_for(h, w)
+        grids[f"{h}x{w}"] = dict(pad=pad if isinstance(pad, int) else list(pad), psize=psize,
+                                 chosen=cfg["pad"] is None or cfg["psize"] is None)
+    return grids
+
+
+def describe_grids(grids: dict, patch_range) -> list[str]:
+    """Log lines naming each chosen patch grid (and how to set one)."""
+    from inverse.prior import format_pad
+    return [f"patch grid for {size}: pad {format_pad(g['pad'])}, psize {g['psize']} (chosen from the image size "
+            f"and the network's patch sizes {patch_range[0]}-{patch_range[1]} px; set with pad/psize)"
+            for size, g in grids.items() if g["chosen"]]
 
 
 def network_image_channels(net: torch.nn.Module) -> int:
@@ -172,7 +208,8 @@ def _keep_valid(items: list, failures: list[dict], check: Callable) -> list:
 
 
 # Config keys that a resumed run (--resume RUN_DIR) may change: where and how it runs, not what.
-RESUME_FREE_KEYS = ("outdir", "device", "progress", "run_dir", "resume", "compile", "parallel_baselines")
+RESUME_FREE_KEYS = ("outdir", "device", "progress", "run_dir", "resume", "compile", "parallel_baselines",
+                    "grid", "patch_range")  # the last two are derived from compared keys
 _PATH_KEYS = ("network", "input", "measurements")
 
 
@@ -279,6 +316,7 @@ def run_baselines(op, y: torch.Tensor, cfg: dict, device: torch.device) -> tuple
 def run(cfg: dict) -> dict:
     """Reconstruct every input; write the run directory; return the summary dict."""
     from inverse.baselines import BASELINES
+    from inverse.checkpoint_info import input_warnings, prior_problem, trained_patch_range, training_info
     from inverse.metrics import psnr, ssim
     from inverse.operators import make_operator
     from inverse.samplers import SAMPLERS, get_sigmas_karras
@@ -306,9 +344,21 @@ def run(cfg: dict) -> dict:
     failures: list[dict] = []
     items, has_gt, shapes = _load_inputs(cfg, failures)
     net = load_network(cfg["network"], device=device)
+    info = training_info(cfg["network"])
+    if prior_problem(info, cfg["prior"]):
+        raise ValueError(f"{cfg['network']}: {prior_problem(info, cfg['prior'])}")
     channels = network_image_channels(net)
     if has_gt:
         items = _keep_valid(items, failures, lambda it: check_channels([(it[1], it[3])], channels, it[2]))
+        shapes = {tuple(it[3].shape[1:]) for it in items}
+    cfg["patch_range"] = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
+    cfg["grid"] = resolve_grids(cfg, net, shapes)
+    if rank == 0:
+        for line in describe_grids(cfg["grid"], cfg["patch_range"]):
+            print(line, file=sys.stderr)
+        for line in dict.fromkeys(w for s in sorted(shapes) for w in input_warnings(
+                info, cfg["prior"], s, (cfg["grid"].get(f"{s[0]}x{s[1]}") or {}).get("psize"))):
+            print(f"warning: {line}", file=sys.stderr)
     prior = build_prior(net, cfg)
     ops: dict[tuple[tuple[int, int], str], Any] = {}
 

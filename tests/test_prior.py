@@ -5,8 +5,12 @@ from inverse.prior import (
     OverlapAveragePrior,
     PatchPrior,
     WholeImagePrior,
+    axis_pads,
+    candidate_psizes,
     check_grid,
+    choose_grid,
     extract_patches,
+    grid_candidates,
     grid_region,
     stitch_patches,
     valid_psizes,
@@ -302,3 +306,52 @@ def test_chunked_dps_gradient_equals_one_autograd_pass(tiny_patch_net):
     xa = sample_dps(full, op, y, sig, torch.Generator().manual_seed(0), inner=2)
     xb = sample_dps(chunked, op, y, sig, torch.Generator().manual_seed(0), inner=2)
     torch.testing.assert_close(xb, xa, rtol=1e-4, atol=1e-5)
+
+
+def test_choose_grid_keeps_the_paper_configuration_and_tiles_odd_sizes():
+    assert choose_grid(256, 256, (16, 64), 4) == (24, 56)
+    for h, w in [(48, 40), (40, 56), (33, 71), (100, 80), (16, 16)]:
+        pad, psize = choose_grid(h, w, (16, 64), 4)
+        assert 16 <= psize <= 64 and psize % 4 == 0
+        check_grid(h, w, pad, psize)  # tiles: no error
+    # 48x40 has no single pad with psize >= 16 (the sides differ by 8 < psize): one pad per axis.
+    assert not [p for p in range(16, 65) for pd in range(1, 200)
+                if p in valid_psizes(48, pd) and p in valid_psizes(40, pd)]
+    pad, psize = choose_grid(48, 40, (16, 64), 4)
+    assert isinstance(pad, tuple) and pad[0] != pad[1]
+    # A given psize (or pad) is kept and only the other one chosen.
+    assert choose_grid(256, 256, (16, 64), 4, psize=56) == (24, 56)
+    assert choose_grid(40, 56, (16, 64), 4, pad=7)[0] == 7
+
+
+def test_grid_candidates_are_ranked_by_the_paper_ratio():
+    ranked = grid_candidates(256, 256, candidate_psizes((16, 64), 4))
+    assert ranked[0] == (0.0, 24, 56)
+    scores = [s for s, _, _ in ranked]
+    assert scores == sorted(scores)
+    for _, pad, psize in ranked:
+        check_grid(256, 256, pad, psize)
+
+
+def test_bad_pair_lists_working_pairs_and_prior_average():
+    with pytest.raises(ValueError, match=r"working \(pad, psize\) pairs: \(") as err:
+        check_grid(40, 56, 24, 56)
+    assert "prior 'average'" in str(err.value)
+    pairs = str(err.value).split("pairs: ")[1]
+    assert "(7, 16)" in pairs
+
+
+@pytest.mark.parametrize("size", [(48, 40), (40, 56)])
+def test_per_axis_pads_stitch_exactly(size, generator):
+    """Identity network: the chosen (per-axis) grid gives the input back at every offset."""
+    net = Identity()
+    prior = PatchPrior(net)  # pad/psize chosen per size
+    x = torch.rand(2, 1, *size)
+    pad, psize = prior.grid_for(*size)
+    rows, cols = axis_pads(pad)
+    offsets = {prior.draw_offset(generator, pad) for _ in range(300)}
+    assert {a for a, _ in offsets} == set(range(rows)) and {b for _, b in offsets} == set(range(cols))
+    for offset in [(0, 0), (rows - 1, cols - 1), (rows // 2, 0)]:
+        assert torch.equal(prior(x, 0.3, offset=offset), x)
+    patches = net.seen[-1][0]
+    assert patches.shape[-1] == psize

@@ -359,3 +359,31 @@ def test_parallel_baselines_give_the_same_results(assets, tmp_path):
             for m in runs}
     assert rows["seq"] == rows["par"] and {r[1] for r in rows["seq"]} == {"fbp", "tv", "padis"}
     assert json.loads((runs["par"] / "config.json").read_text())["parallel_baselines"] is True
+
+
+def test_non_square_images_reconstruct_with_a_chosen_grid(assets, tmp_path):
+    """48x40 and 40x56 (no single pad works with psize >= 16 for 48x40): no --pad/--psize
+    needed; the chosen grid is printed and recorded in config.json and reused on resume."""
+    images = tmp_path / "odd"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for h, w in [(48, 40), (40, 56)]:
+        Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), "L").save(images / f"im{h}x{w}.png")
+    args = ["--network", assets["net"], "--input", images, "--outdir", tmp_path / "out", "--problem", "denoise",
+            "--steps", "2", "--baseline", "none"]
+    res = invoke(inverse_nodist, args)
+    assert res.exit_code == 0, res.output
+    assert "patch grid for 48x40: pad " in res.output and "patch grid for 40x56: pad 7, psize 16" in res.output
+    run_dir = only_run_dir(tmp_path / "out")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["pad"] is None and cfg["psize"] is None and cfg["patch_range"] == [16, 64]
+    assert cfg["grid"]["40x56"] == dict(pad=7, psize=16, chosen=True)
+    g = cfg["grid"]["48x40"]
+    assert g["chosen"] and len(g["pad"]) == 2 and 16 <= g["psize"] <= 64
+    for name in ("im48x40", "im40x56"):
+        assert np.load(run_dir / f"{name}_recon.npy").shape[1:] == tuple(int(v) for v in name[2:].split("x"))
+    res = invoke(inverse_nodist, [*args, "--resume", run_dir])
+    assert res.exit_code == 0, res.output
+    # A given pair that does not tile: the error lists pairs that do.
+    one_line_error(invoke(inverse_nodist, [*args, "--pad", "24", "--psize", "56"]), 1, "working (pad, psize) pairs",
+                   "(7, 16)")
