@@ -29,6 +29,15 @@ from torch_utils.safe_unpickler import SafeUnpickler
 from training.networks import EDMPrecond, PatchEDMPrecond, build_network
 from training.patch_loss import PatchEDMLoss
 
+from edm_fixtures import (  # isort: skip  (tests/ helper module)
+    PAPER_DATASET_KWARGS,
+    PAPER_SIZE_KWARGS,
+    PAPER_TINY_KWARGS,
+    no_side_effect,
+    paper_network,
+    write_paper_pickle,
+)
+
 
 def _probe(net: torch.nn.Module) -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
@@ -51,55 +60,21 @@ def _assert_same_net(loaded: torch.nn.Module, ref: torch.nn.Module, outputs: boo
 
 
 # ----------------------------------------------------------------------------------------
-# A hand-written EDM-layout writer, independent of save_pickle: what the published
-# network-snapshot-*.pkl files look like (class names of Patch-Diffusion, published kwargs,
-# numpy scalars in states, ModuleDict, tensors through torch.storage._load_from_bytes).
-
-EDM_NAMES = {"PatchEDMPrecond": "Patch_EDMPrecond"}
+# Pickles in the layout of the paper's own train.py (tests/edm_fixtures.py), with module_src
+# payloads that leave marker files if executed.
 
 
-class _EDMStyleWriter(pickle.Pickler):
-    def __init__(self, file, module_src: str, top_kwargs: dict):
-        super().__init__(file, protocol=4)
-        self.module_src = module_src
-        self.top_kwargs = top_kwargs
-
-    def reducer_override(self, obj):
-        if not isinstance(obj, torch.nn.Module) or isinstance(obj, torch.nn.ModuleDict):
-            return NotImplemented
-        state = dict(obj.__dict__)
-        is_top = hasattr(obj, "init_kwargs")
-        state["_init_args"] = ()
-        state["_init_kwargs"] = dict(self.top_kwargs) if is_top else {}
-        meta = dict(type="class", version=6, module_src=self.module_src,
-                    class_name=EDM_NAMES.get(type(obj).__name__, type(obj).__name__), state=state)
-        return persistence._reconstruct_persistent_obj, (meta,)
+@pytest.fixture(scope="module")
+def paper_net():
+    """Our network for the kwargs of a real (small) paper pickle."""
+    return paper_network(PAPER_TINY_KWARGS)
 
 
-def _published_kwargs(net) -> dict:
-    """The network's kwargs in the published style (img_channels counts the position channels)."""
-    kw = dict(net.init_kwargs)
-    del kw["sigma_min"], kw["sigma_max"], kw["sigma_data"]  # published pickles use the defaults
-    kw["dropout"] = np.float64(kw["dropout"])  # numpy scalars occur in real kwargs
-    return kw
+def _write_edm_pickle(path, net, marker, top_kwargs=PAPER_TINY_KWARGS) -> bytes:
+    return write_paper_pickle(path, net, marker, top_kwargs=top_kwargs)
 
 
-def _write_edm_pickle(path, net, marker, top_kwargs=None, extra=None) -> bytes:
-    src = (f"import pathlib\npathlib.Path({str(marker)!r}).write_text('module_src was executed')\n"
-           "import os\nos.system('touch ' + " + repr(str(marker) + ".sh") + ")\n")
-    snapshot = dict(ema=net, loss_fn=None, augment_pipe=None,
-                    dataset_kwargs=EasyDict(class_name="training.dataset.ImageFolderDataset", path="/data",
-                                            xflip=np.bool_(False), resolution=np.int64(32)),
-                    **(extra or {}))
-    buf = io.BytesIO()
-    _EDMStyleWriter(buf, src, top_kwargs if top_kwargs is not None else _published_kwargs(net)).dump(snapshot)
-    path.write_bytes(buf.getvalue())
-    return buf.getvalue()
-
-
-def _no_side_effect(marker) -> None:
-    assert not os.path.exists(marker)
-    assert not os.path.exists(str(marker) + ".sh")
+_no_side_effect = no_side_effect
 
 
 class _RecordingUnpickler(SafeUnpickler):
@@ -219,8 +194,9 @@ def test_another_architecture(tmp_path, tiny_patch_net):
                                               r"its kwargs describe: missing .*, unexpected .*"):
         load_network(path)
     # The same for a pickle whose kwargs describe a wider network than its tensors.
-    kwargs = _published_kwargs(tiny_patch_net) | {"model_channels": 32}
-    _write_edm_pickle(tmp_path / "other.pkl", tiny_patch_net, tmp_path / "marker", top_kwargs=kwargs)
+    kwargs = PAPER_TINY_KWARGS | {"model_channels": 32}
+    _write_edm_pickle(tmp_path / "other.pkl", paper_network(PAPER_TINY_KWARGS), tmp_path / "marker",
+                      top_kwargs=kwargs)
     with pytest.raises(CheckpointError, match=r"does not match the architecture .*wrong shape"):
         load_network(tmp_path / "other.pkl")
     _no_side_effect(tmp_path / "marker")
@@ -234,10 +210,24 @@ def test_unknown_kwargs(tmp_path, tiny_patch_net):
         safetensors.torch.save_file(tiny_patch_net.state_dict(), path, metadata=meta)
         return path
 
-    with pytest.warns(UserWarning, match="hash_channels"):
-        _assert_same_net(load_network(write({"hash_channels": 0, "fancy": None})), tiny_patch_net)
-    with pytest.raises(CheckpointError, match=r"\['hash_channels'\]"):
-        load_network(write({"hash_channels": 16}))
+    with pytest.warns(UserWarning, match="fancy"):
+        _assert_same_net(load_network(write({"fancy": None, "other": 0})), tiny_patch_net)
+    with pytest.raises(CheckpointError, match=r"constructor kwargs \{'fancy': 3\} of PatchEDMPrecond are not "
+                                              r"supported by padis' implementation"):
+        load_network(write({"fancy": 3}))
+    # The paper's inert kwargs: accepted (silently) at the one value its code uses, else refused.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = load_network(write({"hash_channels": 1, "four_channels": 1}))
+    _assert_same_net(net, tiny_patch_net)
+    assert "hash_channels" not in net.init_kwargs
+    for kwarg, value in (("hash_channels", 16), ("hash_channels", 0), ("four_channels", 2),
+                         ("hash_channels", True), ("four_channels", 1.5)):
+        with pytest.raises(CheckpointError) as exc:
+            load_network(write({kwarg: value}))
+        assert str(exc.value) == (f"{tmp_path / 'net.safetensors'}: constructor kwarg {kwarg}={value!r} of "
+                                  f"PatchEDMPrecond is not supported; padis supports only {kwarg}=1 (the value "
+                                  "the paper's code always uses)")
 
 
 @pytest.mark.parametrize("absurd", [{"num_blocks": 2 ** 31}, {"model_channels": 2 ** 40},
@@ -304,7 +294,7 @@ def test_plain_pickle_never_runs_embedded_code(tmp_path, tiny_patch_net):
     with pytest.raises(CheckpointError, match="load_network"):
         pickle.loads((tmp_path / "net.pkl").read_bytes())
     marker = tmp_path / "marker"
-    _write_edm_pickle(tmp_path / "edm.pkl", tiny_patch_net, marker)
+    _write_edm_pickle(tmp_path / "edm.pkl", paper_network(PAPER_TINY_KWARGS), marker)
     with pytest.raises(CheckpointError, match="load_network"):
         pickle.loads((tmp_path / "edm.pkl").read_bytes())
     _no_side_effect(marker)
@@ -361,20 +351,69 @@ def test_torch_utils_does_not_import_training(tmp_path, tiny_patch_net):
     assert out[1] == "False"
 
 
-def test_handwritten_edm_pickle_loads_without_running_its_source(tmp_path, tiny_patch_net):
+def _paper_probe(net: torch.nn.Module) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    x, pos = torch.rand(2, 1, 16, 16, generator=g), torch.rand(2, 2, 16, 16, generator=g) * 2 - 1
+    with torch.no_grad():
+        return net(x, torch.tensor([0.2, 3.0]), pos)
+
+
+class _MetaUnpickler(pickle.Unpickler):
+    """Our own fixture read back as stored: each persistent object becomes its meta dict
+    (module_src is not run)."""
+
+    def find_class(self, module, name):
+        if name == "_reconstruct_persistent_obj":
+            return lambda meta: meta
+        return super().find_class(module, name)
+
+
+def test_paper_pickle_loads_without_running_its_source(tmp_path, paper_net):
+    """A pickle in the exact layout of the paper's train.py (its stored kwargs, hash_channels
+    included; Patch_EDMLoss; augment_pipe None; plain-dict dataset_kwargs)."""
     marker = tmp_path / "marker"
     path = tmp_path / "network-snapshot-002000.pkl"
-    data = _write_edm_pickle(path, tiny_patch_net, marker)
-    assert b"module_src was executed" in data and b"Patch_EDMPrecond" in data
-    assert {"torch.storage._load_from_bytes", "numpy._core.multiarray.scalar",
+    data = _write_edm_pickle(path, paper_net, marker)
+    assert b"module_src was executed" in data and b"Patch_EDMPrecond" in data and b"Patch_EDMLoss" in data
+    assert {"torch.storage._load_from_bytes", "numpy._core.multiarray.scalar", "numpy.dtype",
             "torch.nn.modules.container.ModuleDict"} <= _globals_of(data)
+    stored = _MetaUnpickler(io.BytesIO(data)).load()
+    assert stored["ema"]["state"]["_init_kwargs"] == PAPER_TINY_KWARGS
+    assert list(stored["ema"]["state"]["_init_kwargs"]) == list(PAPER_TINY_KWARGS)
+    assert stored["loss_fn"]["class_name"] == "Patch_EDMLoss" and stored["loss_fn"]["state"]["_init_kwargs"] == {}
+    block = stored["ema"]["state"]["_modules"]["model"]["state"]["_modules"]["enc"]._modules["32x32_down"]
+    assert block["state"]["_init_kwargs"]["down"] is True  # submodules carry their own constructor kwargs
+
     net = load_network(path)
-    _assert_same_net(net, tiny_patch_net, outputs=True)
-    assert net.init_kwargs["img_channels"] == 3 and net.init_kwargs["out_channels"] == 1
+    _assert_same_net(net, paper_net)
+    assert torch.equal(_paper_probe(net), _paper_probe(paper_net))
+    assert net.init_kwargs == {k: v for k, v in PAPER_TINY_KWARGS.items() if k != "hash_channels"} | dict(
+        sigma_min=0, sigma_max=math.inf, sigma_data=0.5)
     snap = load_snapshot(path)
-    _assert_same_net(snap["ema"], tiny_patch_net)
-    assert snap["dataset_kwargs"] == {"class_name": "training.dataset.ImageFolderDataset", "path": "/data",
-                                      "xflip": False, "resolution": 32}
+    assert set(snap) == {"ema", "loss_fn", "augment_pipe", "dataset_kwargs"}
+    _assert_same_net(snap["ema"], paper_net)
+    assert snap["loss_fn"].class_name == "Patch_EDMLoss" and snap["loss_fn"].init_kwargs == {}
+    assert snap["loss_fn"].state == dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)
+    assert snap["augment_pipe"] is None
+    assert snap["dataset_kwargs"] == PAPER_DATASET_KWARGS and type(snap["dataset_kwargs"]) is dict
+    _no_side_effect(marker)
+
+
+def test_paper_size_pickle_loads(tmp_path):
+    """The published CT prior's configuration (model_channels 128, channel_mult [2,2,2], 4 blocks,
+    img_resolution 384; 54.4 M parameters). Built on the meta device with one-element storages,
+    so the file is small; the loader rebuilds it in full."""
+    big = paper_network(PAPER_SIZE_KWARGS, meta=True)
+    marker = tmp_path / "marker"
+    data = _write_edm_pickle(tmp_path / "network-snapshot-000800.pkl", big, marker, top_kwargs=PAPER_SIZE_KWARGS)
+    assert len(data) < 2 ** 21
+    net = load_network(tmp_path / "network-snapshot-000800.pkl")
+    assert sum(p.numel() for p in net.parameters()) == 54_409_729
+    state, ref = net.state_dict(), big.state_dict()
+    assert list(state) == list(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
+    # img_resolution 384: levels 384/192/96, attn_resolutions [16] matches none; the one attention
+    # block is the decoder's first at the lowest level (DESIGN.md).
+    assert sorted({k.split(".")[2] for k in state if ".qkv." in k}) == ["96x96_in0"]
     _no_side_effect(marker)
 
 

@@ -19,6 +19,8 @@ from torch_utils.persistence import CheckpointError, load_network, load_snapshot
 from training.networks import build_network
 from training.patch_loss import PatchEDMLoss
 
+from edm_fixtures import PAPER_TINY_KWARGS, no_side_effect, paper_network, write_paper_pickle  # isort: skip
+
 ALLOWED = (CheckpointError, FileNotFoundError)
 FUZZ = settings(max_examples=60, deadline=10000, derandomize=True,  # deadline: "no hang", on a busy machine
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -38,7 +40,9 @@ def valid_files():
     save_network(net, root / "net.safetensors")
     save_pickle(root / "net.pkl", dict(ema=net, loss_fn=PatchEDMLoss(), augment_pipe=None,
                                        dataset_kwargs=dict(path="/data")))
-    files = _Files((name, (root / name).read_bytes()) for name in ("net.safetensors", "net.json", "net.pkl"))
+    write_paper_pickle(root / "paper.pkl", paper_network(PAPER_TINY_KWARGS), root / "marker")
+    files = _Files((name, (root / name).read_bytes())
+                   for name in ("net.safetensors", "net.json", "net.pkl", "paper.pkl"))
     yield root, files
     shutil.rmtree(root, ignore_errors=True)
 
@@ -97,6 +101,17 @@ def test_mutated_pickle(valid_files, mutation):
     path = _write(root, "net.pkl", _mutate(files["net.pkl"], *mutation))
     _try(load_network, path)
     _try(load_snapshot, path)
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_mutated_paper_pickle(valid_files, mutation):
+    """Mutations of a pickle in the paper's layout, whose module_src would leave a marker file."""
+    root, files = valid_files
+    path = _write(root, "paper.pkl", _mutate(files["paper.pkl"], *mutation))
+    _try(load_network, path)
+    _try(load_snapshot, path)
+    no_side_effect(root / "marker")
 
 
 @FUZZ

@@ -348,11 +348,20 @@ def _is_falsy(value: Any) -> bool:
     return False
 
 
+def _same_value(value: Any, want: Any) -> bool:
+    """``value == want`` for plain numbers (numpy scalars included, bools excluded)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return type(value) is type(want) and value == want
+
+
 def check_init_kwargs(cls: type, kwargs: Any, source: Path) -> dict:
     """The constructor kwargs of network class ``cls`` read from ``source``, validated: the
     kwargs that ``cls`` (and the backbone its ``model_type`` selects, from ``cls.model_types``)
-    accepts are kept; unknown kwargs that are off/empty (None, False, 0, "", []) are dropped
-    with a warning; any other unknown kwarg is a :class:`CheckpointError`. This is the one
+    accepts are kept; kwargs in ``cls.fixed_kwargs`` (stored by the paper's code, inert at the
+    one value it uses) are dropped at that value and refused at any other; unknown kwargs that
+    are off/empty (None, False, 0, "", []) are dropped with a warning; any other unknown kwarg
+    is a :class:`CheckpointError`. This is the one
     place that decides which kwargs of a file padis accepts."""
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise CheckpointError(f"{source}: constructor kwargs of the network are not a dict of names")
@@ -367,14 +376,23 @@ def check_init_kwargs(cls: type, kwargs: Any, source: Path) -> dict:
         model_params = inspect.signature(model_types[model_type].__init__).parameters
         known |= set(model_params) - {"self", "img_resolution", "in_channels", "out_channels", "label_dim"}
     unknown = [k for k in kwargs if k not in known]
-    refused = [k for k in unknown if not _is_falsy(kwargs[k])]
+    fixed = getattr(cls, "fixed_kwargs", {})
+    for k in (k for k in unknown if k in fixed):
+        if not _same_value(kwargs[k], fixed[k]):
+            raise CheckpointError(f"{source}: constructor kwarg {k}={one_line(repr(kwargs[k]), 40)} of "
+                                  f"{cls.__name__} is not supported; padis supports only {k}={fixed[k]!r} "
+                                  "(the value the paper's code always uses)")
+    inert = [k for k in unknown if k in fixed]
+    unknown = [k for k in unknown if k not in fixed]
+    refused = {k: kwargs[k] for k in unknown if not _is_falsy(kwargs[k])}
     if refused:
-        raise CheckpointError(f"{source}: constructor kwargs {refused} of {cls.__name__} are not supported "
-                              "by padis' implementation")
+        raise CheckpointError(f"{source}: constructor kwargs {one_line(refused, 120)} of {cls.__name__} are not "
+                              f"supported by padis' implementation (it takes the kwargs of {cls.__name__} and "
+                              f"of its model_type)")
     if unknown:
         warnings.warn(f"{source}: ignoring unsupported constructor kwargs that are off/empty: "
                       f"{ {k: kwargs[k] for k in unknown} }", stacklevel=3)
-    return {k: v for k, v in kwargs.items() if k not in unknown}
+    return {k: v for k, v in kwargs.items() if k not in unknown and k not in inert}
 
 
 def _fmt_names(names: list[str]) -> str:

@@ -413,6 +413,10 @@ class EDMPrecond(torch.nn.Module):
 
     loadable_names = ("EDMPrecond",)  # class names under which checkpoints may hold this network
     model_types = MODEL_TYPES  # model_type kwarg -> U-Net class (checked when loading)
+    # Kwargs that the paper's train.py stores in every network it writes but that change
+    # nothing at the only value it uses ("Always keep as 1"); a file with another value is
+    # refused (persistence.check_init_kwargs).
+    fixed_kwargs = {"hash_channels": 1, "four_channels": 1}
 
     def __init__(self,
                  img_resolution: int,              # Training image resolution.
