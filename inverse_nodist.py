@@ -85,7 +85,8 @@ from inverse.samplers import SAMPLERS
 @click.option("--mat-key", default="images", help="Variable of .mat/.npz inputs")
 @click.option("--hu-window", callback=parse_window, help="DICOM input: 'HUmin,HUmax' mapped to [0, 1] "
               "[default: -1000,2000, the training data's window]")
-@click.option("--normalize", is_flag=True, help="Min-max scale inputs outside [0, 1]")
+@click.option("--normalize", is_flag=True, help="Min-max scale each input image to [0, 1] (its min/max are "
+              "kept as input_range in NAME_metrics.json)")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images")
 @click.option("--dry-run", is_flag=True, help="Print the config and exit")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False),

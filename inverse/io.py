@@ -60,18 +60,20 @@ def read_ground_truth(path: str | Path, mat_key: str = "images", normalize: bool
 def _image_sources(path: Path) -> list[Path]:
     """The units ``read_images`` reads independently: each file, or a directory that is one
     DICOM series (read as a whole, ordered by InstanceNumber)."""
-    from training.dataset import list_image_files
+    from training.dataset import is_dicom, list_image_files
 
     files = list_image_files(path)
-    if path.is_dir() and all(f.parent == path and f.suffix.lower() in (".dcm", ".dicom") for f in files):
+    if path.is_dir() and all(f.parent == path and is_dicom(f) for f in files):
         return [path]
     return files
 
 
 def read_ground_truth_files(path: str | Path, failures: list[dict], mat_key: str = "images",
                             normalize: bool = False, max_images: int | None = None,
-                            hu_window: tuple[float, float] | None = None) -> list[tuple[str, np.ndarray, str]]:
-    """Like :func:`read_ground_truth`, file by file: ``[(name, image, file)]``.
+                            hu_window: tuple[float, float] | None = None,
+                            ranges: dict | None = None) -> list[tuple[str, np.ndarray, str]]:
+    """Like :func:`read_ground_truth`, file by file: ``[(name, image, file)]``. With
+    ``normalize``, ``ranges[name]`` (if a dict is given) gets each image's original (min, max).
 
     A file that cannot be read (or holds bad data) is appended to ``failures`` as
     ``dict(file, reason)`` and skipped, so one bad file does not sink a directory. A missing or
@@ -90,9 +92,10 @@ def read_ground_truth_files(path: str | Path, failures: list[dict], mat_key: str
         left = None if max_images is None else max_images - len(out)
         if left == 0:
             break
+        found: dict = {}
         try:
             items = read_images(source, mat_key=mat_key, normalize=normalize, max_images=left,
-                                hu_window=hu_window)
+                                hu_window=hu_window, ranges=found)
         except ValueError as exc:
             failures.append(failure_record(source, str(exc)))
             continue
@@ -101,11 +104,21 @@ def read_ground_truth_files(path: str | Path, failures: list[dict], mat_key: str
             while unique in seen:
                 unique, k = f"{name}_{k}", k + 1
             seen.add(unique)
+            if ranges is not None and name in found:
+                ranges[unique] = found[name]
             out.append((unique, image, str(source)))
     if not out:
         raise ValueError(failure_line(failures[first_failure]) if len(failures) > first_failure
                          else f"{path}: no images found")
     return out
+
+
+def grey_from_rgb(image: np.ndarray) -> np.ndarray | None:
+    """The (1, H, W) image of a (3, H, W) one whose three channels are equal, else None."""
+    if image.ndim == 3 and image.shape[0] == 3 and np.array_equal(image[0], image[1]) \
+            and np.array_equal(image[0], image[2]):
+        return image[:1].copy()
+    return None
 
 
 def failure_record(file: str | Path, message: str, image: str | None = None) -> dict:

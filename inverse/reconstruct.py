@@ -185,6 +185,21 @@ def network_image_channels(net: torch.nn.Module) -> int:
     return int(getattr(net, "out_channels", None) or net.img_channels)
 
 
+def grey_rgb_to_single(items: list, channels: int) -> tuple[list, list[str]]:
+    """For a 1-channel network, images stored as RGB with three equal channels become
+    1-channel; returns (items, names converted)."""
+    if channels != 1:
+        return items, []
+    out, converted = [], []
+    for index, name, file, x in items:
+        grey = rio.grey_from_rgb(x)
+        if grey is not None:
+            x = grey
+            converted.append(name)
+        out.append((index, name, file, x))
+    return out, converted
+
+
 def check_channels(images: list[tuple[str, np.ndarray]], channels: int, source: str) -> None:
     for name, x in images:
         if x.shape[0] != channels:
@@ -251,14 +266,15 @@ def _make_run_dir(cfg: dict, rank: int) -> Path:
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 
-def _load_inputs(cfg: dict, failures: list[dict]):
+def _load_inputs(cfg: dict, failures: list[dict], ranges: dict | None = None):
     """(items, has_gt, shapes). items: [(index, name, file, array)] with (C, H, W) images (None
-    with --measurements: read later, when the operator is known). Bad files go to ``failures``."""
+    with --measurements: read later, when the operator is known). Bad files go to ``failures``;
+    with ``normalize`` each image's original (min, max) to ``ranges``."""
     size = tuple(cfg["image_size"]) if cfg["image_size"] else None
     if cfg["input"] is not None:
         read = rio.read_ground_truth_files(cfg["input"], failures, mat_key=cfg["mat_key"],
                                            normalize=cfg["normalize"], max_images=cfg["max_images"],
-                                           hu_window=cfg.get("hu_window"))
+                                           hu_window=cfg.get("hu_window"), ranges=ranges)
         items = [(i, name, file, x) for i, (name, x, file) in enumerate(read)]
 
         def check_size(item):
@@ -342,13 +358,19 @@ def run(cfg: dict) -> dict:
     if rank == 0:
         misc.check_writable(cfg["resume"] if cfg.get("resume") else cfg["outdir"])
     failures: list[dict] = []
-    items, has_gt, shapes = _load_inputs(cfg, failures)
+    ranges: dict = {}
+    items, has_gt, shapes = _load_inputs(cfg, failures, ranges)
     net = load_network(cfg["network"], device=device)
     info = training_info(cfg["network"])
     if prior_problem(info, cfg["prior"]):
         raise ValueError(f"{cfg['network']}: {prior_problem(info, cfg['prior'])}")
     channels = network_image_channels(net)
     if has_gt:
+        items, converted = grey_rgb_to_single(items, channels)
+        if converted and rank == 0:
+            print(f"note: {len(converted)} grey image(s) stored as RGB ({', '.join(converted[:3])}"
+                  f"{', ...' if len(converted) > 3 else ''}) read as 1 channel for this 1-channel network",
+                  file=sys.stderr)
         items = _keep_valid(items, failures, lambda it: check_channels([(it[1], it[3])], channels, it[2]))
         shapes = {tuple(it[3].shape[1:]) for it in items}
     cfg["patch_range"] = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
@@ -481,8 +503,9 @@ def run(cfg: dict) -> dict:
                     image_rows.append(dict(index=index, image=name, method=method, psnr=ps, ssim=ss,
                                            seconds=secs[method]))
                 seconds = p["seconds"] + sum(secs.values()) + time.perf_counter() - t_start
+                extra = {"input_range": list(ranges[name])} if name in ranges else {}
                 writer.finish_image(name, dict(index=index, image=name, source=file, rows=image_rows,
-                                               calls=prior.calls, seconds=seconds))
+                                               calls=prior.calls, seconds=seconds, **extra))
                 rows.extend(image_rows)
                 calls.append(prior.calls)
                 total_secs.append(seconds)

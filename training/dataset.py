@@ -6,7 +6,8 @@ Everything returned here is ``float32`` in **[0, 1]** with shape ``(C, H, W)``, 
 Formats (by extension, see ``READERS``):
 
 - ``.png .jpg .jpeg .tif .tiff .bmp``: 8-bit (/255) or 16-bit (/65535) grayscale or RGB
-  (pillow). Every frame of a multi-page TIFF is one image.
+  (pillow); RGBA / grey+alpha only when fully opaque (the alpha band is dropped). Every frame
+  of a multi-page TIFF is one image.
 - ``.npy``: ``(H, W)`` one grayscale image; ``(N, H, W)`` N grayscale images;
   ``(N, C, H, W)`` N images of C channels. Float data must lie in [0, 1]; uint8/uint16 are
   scaled by 255/65535; bool gives 0/1.
@@ -16,7 +17,7 @@ Formats (by extension, see ``READERS``):
   ``mat_key`` (default ``images``), ``H x W`` (one image), ``H x W x N`` (N grayscale images,
   the paper's layout) or ``H x W x C x N``.
 - ``.zip``: every member with one of the extensions above (not nested zips).
-- ``.dcm .dicom``: CT slices via ``training.dicom.read_dicom`` (HU from RescaleSlope/Intercept,
+- ``.dcm .dicom``, and files of other names with the DICOM header (``IM0001``): CT slices via ``training.dicom.read_dicom`` (HU from RescaleSlope/Intercept,
   then the window ``hu_window``, default ``training.ct_window`` [-1000, 2000] HU -> [0, 1]);
   a directory holding only DICOM files is read as one series, ordered by InstanceNumber.
 
@@ -58,6 +59,12 @@ def _pil_to_array(img, label: str) -> np.ndarray:
         arr = (raw / 65535.0).astype(np.float32)[None]
     elif mode == "F":
         arr = np.asarray(img, dtype=np.float32)[None]
+    elif mode in ("RGBA", "LA", "PA"):  # accepted when fully opaque: the alpha band is dropped
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.size and alpha.min() < 255:
+            raise ValueError(f"{label}: image mode {mode} has transparent pixels (alpha down to "
+                             f"{int(alpha.min())}/255); expected an opaque image (flatten it onto a background)")
+        return _pil_to_array(img.convert("L" if mode == "LA" else "RGB"), label)
     else:
         bands = len(img.getbands())
         raise ValueError(f"{label}: image mode {mode} with {bands} channels; expected 1 (grayscale) "
@@ -238,8 +245,20 @@ def supported_extensions() -> list[str]:
 # Public API
 
 
+def is_dicom(path: Path) -> bool:
+    """A DICOM input: ``.dcm``/``.dicom``, or a file of another name (``IM0001``, ``1.2.840.5``)
+    with the DICOM preamble, when its suffix is not one of the other readers'."""
+    from training.dicom import is_dicom_name_or_header
+    return is_dicom_name_or_header(path, [s for s in READERS if s not in DICOM_SUFFIXES])
+
+
+def _readable(path: Path) -> bool:
+    return path.suffix.lower() in READERS or is_dicom(path)
+
+
 def list_image_files(path: str | os.PathLike) -> list[Path]:
-    """Image files under ``path`` (a file, or a directory searched recursively), sorted.
+    """Image files under ``path`` (a file, or a directory searched recursively), sorted;
+    DICOM files are recognised by their header too (:func:`is_dicom`).
 
     Hidden files are skipped. Raises FileNotFoundError for a missing path, ValueError for an
     unsupported single file or a directory without supported files.
@@ -249,12 +268,13 @@ def list_image_files(path: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"{path}: no such file or directory")
     exts = ", ".join(supported_extensions())
     if path.is_file():
-        if path.suffix.lower() not in READERS:
-            raise ValueError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; supported: {exts}")
+        if not _readable(path):
+            raise ValueError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; supported: {exts}, "
+                             "or a file with a DICOM header")
         return [path]
     files = sorted(p for p in path.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    found = [p for p in files if p.suffix.lower() in READERS]
+    found = [p for p in files if _readable(p)]
     if not found:
         others = sorted({p.suffix.lower() or "(none)" for p in files})
         what = f"only files of type {others}" if files else "no files"
@@ -262,8 +282,10 @@ def list_image_files(path: str | os.PathLike) -> list[Path]:
     return found
 
 
-def _to_unit_float(arr: np.ndarray, label: str, normalize: bool, channels: int | None) -> np.ndarray:
-    """Raw (C, H, W) array -> float32 in [0, 1], with the checks of DESIGN.md."""
+def _to_unit_float(arr: np.ndarray, label: str, normalize: bool, channels: int | None,
+                   ranges: list | None = None) -> np.ndarray:
+    """Raw (C, H, W) array -> float32 in [0, 1], with the checks of DESIGN.md. With
+    ``normalize`` the (min, max) it maps to [0, 1] is appended to ``ranges`` (if given)."""
     if arr.ndim != 3 or arr.shape[1] == 0 or arr.shape[2] == 0:
         raise ValueError(f"{label}: image of shape {arr.shape}; expected (C, H, W) with H, W > 0")
     c = arr.shape[0]
@@ -286,6 +308,8 @@ def _to_unit_float(arr: np.ndarray, label: str, normalize: bool, channels: int |
     if normalize:
         lo, hi = out.min(), out.max()
         out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+        if ranges is not None:
+            ranges.append((float(lo), float(hi)))
     elif out.size and (out.min() < 0 or out.max() > 1):
         raise ValueError(f"{label}: values in [{out.min():.4g}, {out.max():.4g}]; expected [0, 1] "
                          "(use --normalize to min-max scale each image)")
@@ -301,7 +325,8 @@ def _read_dicom_file(hu_window):
 
 def read_images(path: str | os.PathLike, mat_key: str = "images", normalize: bool = False,
                 max_images: int | None = None, channels: int | None = None,
-                hu_window: tuple[float, float] | None = None) -> list[tuple[str, np.ndarray]]:
+                hu_window: tuple[float, float] | None = None,
+                ranges: dict | None = None) -> list[tuple[str, np.ndarray]]:
     """Read every image under ``path`` (file or directory; all formats of ``READERS``).
 
     Returns ``[(name, image)]`` in sorted file order, image ``(C, H, W)`` float32 in [0, 1];
@@ -309,28 +334,37 @@ def read_images(path: str | os.PathLike, mat_key: str = "images", normalize: boo
     as a file name. ``normalize`` min-max scales each image to [0, 1] (for data in other
     units). ``max_images`` stops after that many images. ``channels`` (1 or 3) requires that
     channel count; by default 1 or 3 are accepted. ``hu_window`` (HU min, max) maps DICOM
-    slices to [0, 1] (default: ``training.ct_window``).
+    slices to [0, 1] (default: ``training.ct_window``). With ``normalize`` and a ``ranges``
+    dict, ``ranges[name]`` gets each image's (min, max) before scaling (to map outputs back).
     """
     if max_images is not None and max_images < 1:
         raise ValueError(f"--max-images must be a positive integer, got {max_images}")
     from training.ct_window import HU_MAX, HU_MIN
     hu_window = tuple(hu_window) if hu_window is not None else (HU_MIN, HU_MAX)
     files = list_image_files(path)
-    if Path(path).is_dir() and all(f.suffix.lower() in DICOM_SUFFIXES and f.parent == Path(path) for f in files):
+    if Path(path).is_dir() and all(is_dicom(f) and f.parent == Path(path) for f in files):
         from training.dicom import read_dicom
-        series = read_dicom(path, hu_window)  # one series: InstanceNumber / position order
-        return [(n, _to_unit_float(x, f"{path} [{n}]", normalize, channels)) for n, x in series][:max_images]
+        series = read_dicom(path, hu_window)[:max_images]  # one series: InstanceNumber / position order
+        found = []
+        out = [(n, _to_unit_float(x, f"{path} [{n}]", normalize, channels, found)) for n, x in series]
+        if ranges is not None:
+            ranges.update(zip([n for n, _ in out], found))
+        return out
     out: list[tuple[str, np.ndarray]] = []
     seen: set[str] = set()
     for file in files:
-        reader = READERS[file.suffix.lower()] or _read_dicom_file(hu_window)
+        reader = READERS.get(file.suffix.lower()) if not is_dicom(file) else None
+        reader = reader or _read_dicom_file(hu_window)
         for name, raw in reader(file, str(file), file.stem, mat_key):
+            found: list = []
             image = _to_unit_float(np.asarray(raw), f"{file}" if name == file.stem else f"{file} [{name}]",
-                                   normalize, channels)
+                                   normalize, channels, found)
             unique, k = name, 1
             while unique in seen:
                 unique, k = f"{name}_{k}", k + 1
             seen.add(unique)
+            if ranges is not None and found:
+                ranges[unique] = found[0]
             out.append((unique, image))
             if max_images is not None and len(out) >= max_images:
                 return out

@@ -25,8 +25,31 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
+def has_dicom_preamble(path: str | os.PathLike) -> bool:
+    """True for a DICOM Part 10 file: 128 preamble bytes, then ``DICM`` (whatever its name, e.g.
+    the extensionless ``IM0001`` of many exports). ``DICOMDIR`` (an index, no image) is not."""
+    path = Path(path)
+    if path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def is_dicom_name_or_header(path: str | os.PathLike, other_suffixes=()) -> bool:
+    """A ``.dcm``/``.dicom`` file, or one whose suffix is not in ``other_suffixes`` (the
+    other readers' extensions) and that starts with the DICOM preamble."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    return suffix in DICOM_SUFFIXES or (suffix not in other_suffixes and has_dicom_preamble(path))
+
+
 def list_dicom_files(path: str | os.PathLike) -> list[Path]:
-    """``path`` itself, or the ``*.dcm``/``*.dicom`` files directly in the directory ``path`` (sorted).
+    """``path`` itself, or the DICOM files directly in the directory ``path`` (sorted):
+    ``*.dcm``/``*.dicom`` and files of any other name with the DICOM preamble (``IM0001``).
 
     FileNotFoundError if the path is missing or the directory holds no such file.
     """
@@ -35,7 +58,8 @@ def list_dicom_files(path: str | os.PathLike) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such DICOM file or directory")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and is_dicom_name_or_header(p))
     if not files:
         raise FileNotFoundError(f"{path}: directory holds no {'/'.join(DICOM_SUFFIXES)} files")
     return files
@@ -112,7 +136,8 @@ def _sort_key(ds: pydicom.Dataset, path: Path) -> tuple[float, float, str]:
 
 def read_dicom(path: str | os.PathLike, hu_window: tuple[float, float] = (HU_MIN, HU_MAX)
                ) -> list[tuple[str, np.ndarray]]:
-    """Read a DICOM file or a directory of ``.dcm`` files as CT images in [0, 1].
+    """Read a DICOM file or a directory of DICOM files (see :func:`list_dicom_files`) as CT
+    images in [0, 1].
 
     Returns ``[(name, image), ...]`` with each image (1, H, W) float32 in [0, 1]:
     ``clip((HU - hu_min) / (hu_max - hu_min), 0, 1)``, HU = stored value * RescaleSlope +
