@@ -50,6 +50,9 @@ from inverse.samplers import SAMPLERS
 @click.option("--parallel-baselines", is_flag=True,
               help="Run the baselines (TV, FBP) in a thread beside the solve: faster on CPU, same results; "
                    "per-method seconds then overlap")
+@click.option("--volume", is_flag=True, help="Each input (.npy D,H,W / .mat stack / NIfTI / DICOM series or slice directory) is one volume, solved in slabs")
+@click.option("--slab", default=16, type=click.IntRange(min=1), help="--volume: adjacent slices solved together (one network and projector call per step)")
+@click.option("--z-coupling", default=0.0, type=click.FloatRange(min=0), help="--volume: weight of ||slice differences||² (relative to ||A||²) in the data step; 0: slices independent")
 @click.option("--pad", callback=parse_pad, help="Zero padding per side, pixels: P, or 'rows,cols' "
               "[default: chosen per image size; 24 with --psize 56 for 256x256, the paper's]")
 @click.option("--psize", type=click.IntRange(min=1), help="Patch size, pixels [default: chosen per image size "
@@ -74,6 +77,10 @@ from inverse.samplers import SAMPLERS
 @click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")
 @click.option("--angle-range", help="Limited-angle CT wedge 'lo,hi' in radians [default: operator's]")
 @click.option("--detectors", type=click.IntRange(min=1), help="CT: detector pixels [default: operator's, 512]")
+@click.option("--src-radius", type=click.FloatRange(min=0, min_open=True), help="Fan/cone beam: source to rotation centre [default: 40]")
+@click.option("--det-radius", type=click.FloatRange(min=0, min_open=True), help="Fan/cone beam: rotation centre to detector [default: 40]")
+@click.option("--det-height", type=click.FloatRange(min=0), help="Cone beam: detector half height [default: 0, the slab's magnified height]")
+@click.option("--slice-spacing", type=click.FloatRange(min=0, min_open=True), help="Cone beam: slice distance in pixel sides [default: 1]")
 @click.option("--kernel-size", type=click.IntRange(min=1), help="Deblur: odd kernel side, pixels")
 @click.option("--kernel-sigma", type=float, help="Gaussian deblur: kernel std, pixels")
 @click.option("--factor", type=click.IntRange(min=1), help="Super-resolution factor")
@@ -98,6 +105,10 @@ def main(input_, measurements, baselines, dry_run, debug, compile_, **opts):
         raise click.UsageError("give exactly one of --input (ground truth) or --measurements")
     if measurements is not None and opts["image_size"] is None:
         raise click.UsageError("--measurements needs --image-size (the size of the images to reconstruct)")
+    if opts["volume"] and measurements is not None:
+        raise click.UsageError("--volume reconstructs ground-truth volumes given with --input")
+    if opts["problem"] == "ct_cone" and not opts["volume"]:
+        raise click.UsageError("--problem ct_cone projects volumes: add --volume")
     problem_kwargs = problem_options(opts)
     device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     if opts["precision"] == "fp16" and not device.startswith("cuda"):
@@ -112,6 +123,7 @@ def main(input_, measurements, baselines, dry_run, debug, compile_, **opts):
         prior=opts["prior"], pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],
         precision=opts["precision"], channels_last=opts["channels_last"], compile=compile_,
         images_per_batch=opts["images_per_batch"], parallel_baselines=opts["parallel_baselines"],
+        volume=opts["volume"], slab=opts["slab"], z_coupling=opts["z_coupling"],
         solver=opts["solver"], solver_kwargs=solver_options(opts),
         steps=opts["steps"], sigma_min=opts["sigma_min"], sigma_max=opts["sigma_max"],
         baselines=baselines, tv_weight=opts["tv_weight"], tv_iters=opts["tv_iters"],

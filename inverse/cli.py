@@ -11,7 +11,9 @@ import click
 
 # CLI option -> operator keyword argument (inverse.operators.operator_options)
 PROBLEM_OPTIONS = dict(views="views", angle_range="angle_range", detectors="det_count", kernel_size="kernel_size",
-                       kernel_sigma="kernel_sigma", factor="factor", mask="mask", mask_fraction="mask_fraction")
+                       kernel_sigma="kernel_sigma", factor="factor", mask="mask", mask_fraction="mask_fraction",
+                       src_radius="src_radius", det_radius="det_radius", det_height="det_height",
+                       slice_spacing="slice_spacing")
 SOLVER_OPTIONS = ("zeta", "inner", "eps", "dc_grad", "dc_step", "predictor", "eta", "lam", "cg_iters", "init")
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 

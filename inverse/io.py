@@ -121,6 +121,140 @@ def grey_from_rgb(image: np.ndarray) -> np.ndarray | None:
     return None
 
 
+# ----------------------------------------------------------------------------------------
+# Volumes (reconstruction in volume mode, inverse.volume)
+
+VOLUME_SUFFIXES = (".npy", ".nii", ".nii.gz")  # read slab by slab; other inputs are read whole
+
+
+class Volume:
+    """One 3-D ground truth read slab by slab: ``slab(z0, z1)`` -> ``(z1 - z0, H, W)`` float32 in
+    [0, 1]. ``shape`` is ``(D, H, W)``; slices are along the first axis. ``get(z0, z1)`` returns
+    the stored values of those slices and ``window`` (lo, hi) maps them linearly to [0, 1] (None:
+    they must be in [0, 1] already; values outside are an error naming the file)."""
+
+    def __init__(self, name: str, source: str, shape: tuple[int, int, int], get, window=None, hint: str = ""):
+        self.name, self.source, self.shape = name, source, tuple(int(s) for s in shape)
+        self._get, self.window, self._hint = get, window, hint
+
+    def slab(self, z0: int, z1: int) -> np.ndarray:
+        a = np.asarray(self._get(z0, z1))
+        if a.dtype == np.uint8 and self.window is None:
+            a = a.astype(np.float32) / 255.0
+        elif a.dtype == np.uint16 and self.window is None:
+            a = a.astype(np.float32) / 65535.0
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{self.source}: slices {z0}-{z1 - 1} contain NaN or Inf")
+        if self.window is not None:
+            lo, hi = self.window
+            a = np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
+        elif a.size and (a.min() < 0 or a.max() > 1):
+            raise ValueError(f"{self.source}: values in [{a.min():.4g}, {a.max():.4g}] in slices {z0}-{z1 - 1}; "
+                             f"expected [0, 1]{self._hint}")
+        return np.ascontiguousarray(a)
+
+
+def _streamed_range(get, depth: int, step: int = 16) -> tuple[float, float]:
+    lo, hi = math.inf, -math.inf
+    for z in range(0, depth, step):
+        a = np.asarray(get(z, min(depth, z + step)), dtype=np.float64)
+        lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+    return lo, hi
+
+
+def _volume_window(get, depth: int, normalize: bool, hu_window) -> tuple[float, float] | None:
+    if hu_window is not None:
+        return tuple(float(v) for v in hu_window)
+    return _streamed_range(get, depth) if normalize else None
+
+
+def _npy_volume(file: Path, normalize: bool, hu_window) -> Volume:
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{file}: unreadable .npy file ({exc})") from None
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise ValueError(f"{file}: array of shape {arr.shape}; a volume is (D, H, W) (or (D, 1, H, W))")
+    if not (np.issubdtype(arr.dtype, np.floating) or arr.dtype in (np.uint8, np.uint16, np.int16)):
+        raise ValueError(f"{file}: data type {arr.dtype}; expected float, uint8, uint16 or int16")
+    get = lambda z0, z1: arr[z0:z1]
+    return Volume(file.name[:-4], str(file), arr.shape, get, _volume_window(get, arr.shape[0], normalize, hu_window),
+                  " (use --normalize or --hu-window)")
+
+
+def _nifti_volume(file: Path, normalize: bool, hu_window) -> Volume:
+    try:
+        import nibabel
+    except ImportError:
+        raise ValueError(f"{file}: reading NIfTI needs nibabel (pip install 'padis[nifti]')") from None
+    try:
+        img = nibabel.as_closest_canonical(nibabel.load(file))
+        data = img.dataobj
+        shape = data.shape
+    except Exception as exc:  # nibabel raises several types for damaged files
+        raise ValueError(f"{file}: unreadable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"{file}: NIfTI image of shape {shape}; expected a 3-D volume")
+
+    def get(z0, z1):  # canonical RAS axes (x, y, z) -> slices (z, y, x), anterior in the top row
+        block = np.asarray(data[:, :, z0:z1] if len(data.shape) == 3 else data[:, :, z0:z1, 0])
+        return np.transpose(block, (2, 1, 0))[:, ::-1, :]
+
+    name = file.name[:-7] if file.name.lower().endswith(".nii.gz") else file.stem
+    return Volume(name, str(file), (shape[2], shape[1], shape[0]), get,
+                  _volume_window(get, shape[2], normalize, hu_window), " (use --hu-window for CT in HU, or --normalize)")
+
+
+def _stacked_volume(source: Path, mat_key: str, normalize: bool, hu_window) -> Volume:
+    images = read_ground_truth(source, mat_key=mat_key, normalize=False, hu_window=hu_window)
+    shapes = {x.shape for _, x in images}
+    if len(shapes) != 1 or next(iter(shapes))[0] != 1:
+        raise ValueError(f"{source}: a volume needs single-channel slices of one size, got shapes {sorted(shapes)}")
+    vol = np.stack([x[0] for _, x in images])
+    get = lambda z0, z1: vol[z0:z1]
+    stem = source.name[:-4] if source.suffix else source.name
+    return Volume(stem, str(source), vol.shape, get, _streamed_range(get, len(vol)) if normalize else None)
+
+
+def _volume_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
+
+
+def list_volume_sources(path: str | Path) -> list[Path]:
+    """The volumes under ``path``: a file is one volume; a directory holding ``.npy``/NIfTI files
+    has one volume per such file; any other directory (a DICOM series, or 2-D slices in name
+    order) is one volume."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and _volume_suffix(p) and not p.name.startswith("."))
+    return files or [path]
+
+
+def open_volume(source: str | Path, mat_key: str = "images", normalize: bool = False,
+                hu_window: tuple[float, float] | None = None) -> Volume:
+    """A :class:`Volume` from a ``.npy`` (D, H, W) array (memory-mapped), a NIfTI file (nibabel,
+    canonical RAS orientation, read lazily), or anything :func:`read_ground_truth` reads (a DICOM
+    series directory, a ``.mat`` H x W x D stack, a directory of slices), stacked in memory.
+    ``normalize`` min-max scales the whole volume; ``hu_window`` maps stored values in
+    [lo, hi] to [0, 1] (DICOM: applied to HU by the DICOM reader). One clear error line otherwise."""
+    source = Path(source)
+    kind = _volume_suffix(source) if source.is_file() else None
+    if kind == ".npy":
+        return _npy_volume(source, normalize, hu_window)
+    if kind in (".nii", ".nii.gz"):
+        return _nifti_volume(source, normalize, hu_window)
+    return _stacked_volume(source, mat_key, normalize, hu_window)
+
+
 def failure_record(file: str | Path, message: str, image: str | None = None) -> dict:
     """``dict(file, image, reason)`` for summary.json; ``reason`` without a leading ``file: ``."""
     file = str(file)

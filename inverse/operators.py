@@ -8,8 +8,18 @@ measurements are (B, C, *op.measurement_shape). All maps are differentiable thro
 - `noise(y, level, generator)`: y + Gaussian noise. Image-domain problems (deblur, super,
   denoise, inpaint): std = `level` in units of [0, 1] images (paper: 0.01 for deblurring).
   CT: std = `level` * max|y| of each batch item's sinogram (all its channels), e.g. 0.005;
-- `norm()`: operator 2-norm ||A|| (exact where known, else power iteration), cached;
-  used for PDHG step sizes in inverse.baselines.
+- `norm()`: operator 2-norm ||A|| (exact where known, else power iteration), cached on the
+  instance and, for CT, per geometry in this process (`NORM_CACHE`: a run's solver and baseline
+  operators, and every operator of a benchmark on the same geometry, share one power iteration);
+  used for step sizes in inverse.samplers and inverse.baselines.
+- `couples_batch`: False for operators that map each batch item on its own. True (`ct_cone`)
+  when the batch axis is the z axis of one volume: A mixes batch items, so a solver must take
+  its inner products over the whole batch (inverse.samplers.conjugate_gradient's `joint`).
+
+On CUDA the parallel-beam CT operators project a batch as one 3D volume on torch memory
+(odlstuff.geometry.VolumeProjector: one ASTRA call, no host copy), if ASTRA's 3D back projector
+is within odlstuff.geometry.ADJOINT_TOL of the forward projector's adjoint for the geometry; else
+(and on CPU, and for fan beam) slice by slice through odlstuff.geometry.Projector.
 
 `make_operator(name, image_shape, channels, device, **options)` builds one from the registry
 `OPERATORS`; the options of an operator are its constructor's keyword arguments (strings such
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 
 import numpy as np
 import torch
@@ -27,6 +38,10 @@ import torch.nn.functional as F
 
 from odlstuff import geometry as geo
 from odlstuff.torch_op import backproject, fbp, project
+
+# ||A|| per CT geometry (power iteration with a fixed seed: the same number every time), keyed by
+# Operator.norm_key; a memo of a deterministic result, never a setting.
+NORM_CACHE: dict[str, float] = {}
 
 # --------------------------------------------------------------------------------------------
 # option parsing (one clear ValueError naming the option)
@@ -93,6 +108,9 @@ class Operator:
     # noise-safe: with noisy y each correction re-injects pinv's amplified noise (Wiener deblur,
     # noise 0.01: DDNM 8.6 dB, notes/quality.md; a DDNM+ noise model is not implemented).
     stable_pinv = True
+    couples_batch = False  # True: the batch is one volume's slices and A mixes them (module docstring)
+    norm_batch = 1  # batch size of the power iteration's input (couples_batch: the volume's slices)
+    norm_key: str | None = None  # set: ||A|| is shared through NORM_CACHE under this key
 
     def __init__(
         self,
@@ -143,23 +161,31 @@ class Operator:
         std = self.noise_std(y.detach(), level)
         return y + std * n
 
-    @torch.no_grad()
     def norm(self, iters: int = 200, tol: float = 1e-6) -> float:
-        """||A||_2 (largest singular value), cached. Default: power iteration on A^T A, fixed seed."""
+        """||A||_2 (largest singular value), cached (see the module docstring). Default: power
+        iteration on A^T A, fixed seed."""
+        if self._norm is None and self.norm_key is not None:
+            self._norm = NORM_CACHE.get(self.norm_key)
         if self._norm is None:
-            gen = torch.Generator().manual_seed(0)
-            x = torch.randn((1, self.channels, *self.image_shape), generator=gen).to(self.device)
-            x /= x.norm()
-            lam = 0.0
-            for _ in range(iters):
-                z = self._AT(self._A(x))
-                lam_new = float(z.norm())
-                x = z / max(lam_new, 1e-30)
-                if abs(lam_new - lam) <= tol * lam_new:
-                    break
-                lam = lam_new
-            self._norm = math.sqrt(lam_new)
+            self._norm = self._power_iteration(iters, tol)
+            if self.norm_key is not None:
+                NORM_CACHE[self.norm_key] = self._norm
         return self._norm
+
+    @torch.no_grad()
+    def _power_iteration(self, iters: int, tol: float) -> float:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((self.norm_batch, self.channels, *self.image_shape), generator=gen).to(self.device)
+        x /= x.norm()
+        lam = 0.0
+        for _ in range(iters):
+            z = self._AT(self._A(x))
+            lam_new = float(z.norm())
+            x = z / max(lam_new, 1e-30)
+            if abs(lam_new - lam) <= tol * lam_new:
+                break
+            lam = lam_new
+        return math.sqrt(lam_new)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,14 +202,31 @@ class _CT(Operator):
 
     stable_pinv = False  # FBP is no pseudo-inverse of a sparse-view A (see Operator.stable_pinv)
 
-    def _setup(self, geometry, domain, fbp_filter, fbp_freq) -> None:
-        space = geo.image_space(self.image_shape, _float_opt("domain", domain))
-        self.projector = geo.Projector(
+    def _setup(self, geometry, domain, fbp_filter, fbp_freq, volume_geometry=None) -> None:
+        """Projector for the 2D `geometry`; on CUDA with `volume_geometry` ((z_extent, n) -> 3D
+        geometry whose rows are the slices) a :class:`geo.VolumeProjector` if its adjoint is exact
+        enough, else the 2D one (module docstring)."""
+        domain = _float_opt("domain", domain)
+        space = geo.image_space(self.image_shape, domain)
+        plane = geo.Projector(
             space, geometry, impl=geo.astra_impl(self.device),
             fbp_filter=_choice_opt("fbp_filter", fbp_filter, geo.FBP_FILTERS),
             fbp_freq=_float_opt("fbp_freq", fbp_freq, high=1.0),
         )
+        self.projector = plane
+        if volume_geometry is not None and geo.astra_impl(self.device) == "astra_cuda":
+            vol = geo.VolumeProjector(self.image_shape, volume_geometry, plane.sino_shape, self.device, plane,
+                                      domain=domain)
+            vol.adjoint_error = vol.adjoint_mismatch(4)
+            if vol.adjoint_error <= geo.ADJOINT_TOL:
+                self.projector = vol
+            else:
+                print(f"warning: ASTRA's 3D CUDA projector for {self.name} is {vol.adjoint_error:.1%} off its "
+                      f"adjoint (accepted: {geo.ADJOINT_TOL:.0%}); projecting slice by slice instead",
+                      file=sys.stderr)
         self.measurement_shape = self.projector.sino_shape
+        self.norm_key = (f"{self.name}|C={self.channels}|{type(self.projector).__name__}|{self.projector.impl}|"
+                         f"{space!r}|{geometry!r}")
 
     def _A(self, x):
         return project(x, self.projector)
@@ -216,9 +259,10 @@ class ParallelBeamCT(_CT):
         fbp_freq: float = 0.9,  # FBP frequency scaling (paper: 0.9)
     ):
         super().__init__(image_shape, channels, device)
-        g = geo.parallel_geometry(_int_opt("views", views), (0.0, math.pi),
-                                  _int_opt("det_count", det_count), _float_opt("det_extent", det_extent))
-        self._setup(g, domain, fbp_filter, fbp_freq)
+        args = (_int_opt("views", views), (0.0, math.pi))
+        det = (_int_opt("det_count", det_count), _float_opt("det_extent", det_extent))
+        self._setup(geo.parallel_geometry(*args, *det), domain, fbp_filter, fbp_freq,
+                    lambda z, n: geo.parallel3d_geometry(args[0], z, n, args[1], *det))
 
 
 class FanBeamCT(_CT):
@@ -266,9 +310,73 @@ class LimitedAngleCT(_CT):
         fbp_freq: float = 0.9,  # FBP frequency scaling
     ):
         super().__init__(image_shape, channels, device)
-        g = geo.limited_angle_geometry(_int_opt("views", views), _range_opt("angle_range", angle_range),
-                                       _int_opt("det_count", det_count), _float_opt("det_extent", det_extent))
-        self._setup(g, domain, fbp_filter, fbp_freq)
+        args = (_int_opt("views", views), _range_opt("angle_range", angle_range))
+        det = (_int_opt("det_count", det_count), _float_opt("det_extent", det_extent))
+        self._setup(geo.limited_angle_geometry(*args, *det), domain, fbp_filter, fbp_freq,
+                    lambda z, n: geo.parallel3d_geometry(args[0], z, n, args[1], *det))
+
+
+class ConeBeamCT(_CT):
+    """Circular cone-beam CT of one volume of `slices` slices: the batch axis is the volume's z
+    axis (B = slices, C = 1), so A mixes batch items (`couples_batch`). Flat detector of `slices`
+    rows over [-det_height, det_height] (0: the volume's height magnified to the detector,
+    (src_radius + det_radius) / src_radius), and `det_count` columns over [-det_extent, det_extent];
+    measurements are (slices, 1, views, det_count), row r in batch item r. Slices are
+    `slice_spacing` pixel sides apart. `pinv` is ODL's FDK-type `fbp_op`. ASTRA has cone beam
+    on CUDA only: on a CPU device this is a ValueError. The 3D back projector's distance from the
+    adjoint is measured (`adjoint_error`) and, there being no exact alternative, only warned about
+    beyond odlstuff.geometry.ADJOINT_TOL.
+    """
+
+    name = "ct_cone"
+    couples_batch = True
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],  # (H, W) of each slice
+        channels: int = 1,  # image channels (must be 1)
+        device: str | torch.device = "cpu",  # must be CUDA (ASTRA has no CPU cone beam)
+        views: int = 20,  # source positions over [0, 2 pi)
+        slices: int = 16,  # slices of the volume = batch size = detector rows
+        slice_spacing: float = 1.0,  # distance of slices, in pixel sides
+        det_count: int = geo.DET_COUNT,  # detector columns
+        det_extent: float = geo.DET_EXTENT,  # detector half width
+        det_height: float = 0.0,  # detector half height; 0: the volume's magnified height
+        domain: float = geo.DOMAIN,  # image half width
+        src_radius: float = geo.SRC_RADIUS,  # source to rotation axis
+        det_radius: float = geo.DET_RADIUS,  # rotation axis to detector
+        fbp_filter: str = "Hann",  # FDK filter
+        fbp_freq: float = 0.3,  # FDK frequency scaling (as fan beam)
+    ):
+        super().__init__(image_shape, channels, device)
+        if geo.astra_impl(self.device) != "astra_cuda":
+            raise ValueError(f"{self.name}: cone beam needs ASTRA's CUDA projectors and device {self.device} "
+                             "has none (ASTRA has no CPU cone-beam projector); use a CUDA device")
+        if self.channels != 1:
+            raise ValueError(f"{self.name}: volumes are single-channel, got channels={self.channels}")
+        n, spacing = _int_opt("slices", slices), _float_opt("slice_spacing", slice_spacing)
+        domain = _float_opt("domain", domain)
+        space = geo.volume_space(self.image_shape, n, domain, spacing)
+        radii = (_float_opt("src_radius", src_radius), _float_opt("det_radius", det_radius))
+        height = _float_opt("det_height", det_height, low_open=False)
+        height = height or float(space.max_pt[2]) * (radii[0] + radii[1]) / radii[0]
+        geometry = geo.cone_geometry(_int_opt("views", views), *radii, _int_opt("det_count", det_count),
+                                     _float_opt("det_extent", det_extent), n, height)
+        fdk = geo.ConeFBP(space, geometry, _choice_opt("fbp_filter", fbp_filter, geo.FBP_FILTERS),
+                          _float_opt("fbp_freq", fbp_freq, high=1.0))
+        self.projector = geo.VolumeProjector(self.image_shape, lambda z, rows: geometry,
+                                             (geometry.angles.size, geometry.det_partition.shape[0]),
+                                             self.device, fdk, domain=domain, slice_spacing=spacing, slices=n)
+        self.adjoint_error = self.projector.adjoint_mismatch()
+        if self.adjoint_error > geo.ADJOINT_TOL:
+            print(f"warning: ASTRA's cone-beam projector is {self.adjoint_error:.1%} off its adjoint "
+                  f"(accepted elsewhere: {geo.ADJOINT_TOL:.0%}); no exact alternative, using it", file=sys.stderr)
+        self.measurement_shape = self.projector.sino_shape
+        self.norm_batch = n
+        self.norm_key = f"{self.name}|{space!r}|{geometry!r}"
+
+    def noise_std(self, y, level):
+        return level * y.abs().amax()  # one volume: max over all its rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,12 +594,19 @@ OPERATORS: dict[str, type[Operator]] = {
     "ct_parbeam": ParallelBeamCT,
     "ct_fanbeam": FanBeamCT,
     "ct_lact": LimitedAngleCT,
+    "ct_cone": ConeBeamCT,
     "deblur_uniform": UniformDeblur,
     "deblur_gauss": GaussianDeblur,
     "super": SuperResolution,
     "denoise": Denoise,
     "inpaint": Inpaint,
 }
+
+# Operators whose batch is the slices of one volume (couples_batch: the rows of a cone-beam
+# detector see several slices); they need CUDA and a batch of exactly their `slices`.
+VOLUME_OPERATORS = tuple(n for n, cls in OPERATORS.items() if cls.couples_batch)
+# The others: each batch item is an image of its own.
+IMAGE_OPERATORS = tuple(n for n in OPERATORS if n not in VOLUME_OPERATORS)
 
 _BASE_ARGS = ("self", "image_shape", "channels", "device")
 

@@ -25,6 +25,8 @@ writes to ``config.json``). Keys (all present; ``None`` means "library default")
     baselines      list of keys of inverse.baselines.BASELINES; tv_weight, tv_iters
     outdir, seed, device, progress
     resume         None, or a run directory of an earlier run with the same config to complete
+    volume, slab, z_coupling   volume mode (inverse.volume): each input is one 3-D volume solved
+                   in slabs of ``slab`` slices, slices coupled by ``z_coupling`` (0: not)
 
 Each image ``i`` (in sorted order) uses its own generator seeded with ``seed + i``; its
 measurement noise is drawn from it, so measurements never depend on batching. With
@@ -77,7 +79,7 @@ PADIS = "padis"  # method name of our reconstruction in metrics.csv / summary.js
 
 # Keys added after the first release: a cfg (or an older run's config.json) without them means these.
 RUN_DEFAULTS = dict(precision="fp32", channels_last=False, compile=False, images_per_batch=1,
-                    parallel_baselines=False)
+                    parallel_baselines=False, volume=False, slab=16, z_coupling=0.0)
 SPEED_KEYS = ("precision", "channels_last", "compile")
 
 
@@ -347,6 +349,9 @@ def run(cfg: dict) -> dict:
     if cfg["solver"] not in SAMPLERS:
         raise ValueError(f"unknown solver {cfg['solver']!r}; expected one of {sorted(SAMPLERS)}")
     image_batches([], cfg["images_per_batch"], len)  # checks K
+    if cfg["volume"]:  # each input is one 3-D volume, solved in slabs (inverse.volume)
+        from inverse.volume import run_volume
+        return run_volume(cfg)
     own_pg = not ddp.is_initialized()
     device = ddp.init(cfg["device"])
     rank, world = ddp.rank(), ddp.world_size()

@@ -119,9 +119,19 @@ def _check_finite(x: torch.Tensor, name: str, i: int, sigma: float) -> None:
                                  "try a smaller zeta/eps or check the operator and measurement scaling")
 
 
-def _per_image(v: torch.Tensor) -> torch.Tensor:
+def _per_batch_item(v: torch.Tensor) -> torch.Tensor:
     """Sum over all but the batch axis, shaped to broadcast against images: (B, 1, 1, 1)."""
     return v.reshape(v.shape[0], -1).sum(1).reshape(-1, *([1] * (v.dim() - 1)))
+
+
+def _whole_batch(v: torch.Tensor) -> torch.Tensor:
+    """Sum over everything, shaped to broadcast against images: (1, 1, 1, 1)."""
+    return v.sum().reshape([1] * v.dim())
+
+
+def couples_batch(op) -> bool:
+    """True when ``op`` treats the batch as one volume (inverse.operators.Operator.couples_batch)."""
+    return bool(getattr(op, "couples_batch", False))
 
 
 def residual_norm(op, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -197,19 +207,21 @@ def renoise(x0: torch.Tensor, x: torch.Tensor, x0_hat: torch.Tensor, sigma: floa
 
 
 def conjugate_gradient(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, x: torch.Tensor,
-                       iters: int) -> torch.Tensor:
+                       iters: int, joint: bool = False) -> torch.Tensor:
     """``iters`` CG iterations for apply(x) = rhs (apply symmetric positive definite), batched:
-    each image has its own step sizes."""
+    each image has its own step sizes; ``joint``: one system over the whole batch (the slices of
+    one volume, for an operator with ``couples_batch``), so inner products sum over it too."""
+    total = _whole_batch if joint else _per_batch_item
     r = rhs - apply(x)
     p = r
-    rs = _per_image(r * r)
+    rs = total(r * r)
     for _ in range(iters):
         ap = apply(p)
-        denom = _per_image(p * ap)
+        denom = total(p * ap)
         alpha = torch.where(denom > 0, rs / denom.clamp_min(torch.finfo(rs.dtype).tiny), torch.zeros_like(rs))
         x = x + alpha * p
         r = r - alpha * ap
-        rs_new = _per_image(r * r)
+        rs_new = total(r * r)
         beta = torch.where(rs > 0, rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny), torch.zeros_like(rs))
         p = r + beta * p
         rs = rs_new
@@ -420,7 +432,8 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
     def correction(r: torch.Tensor) -> torch.Tensor:
         if cg_iters is None:
             return op.pinv(r)
-        return conjugate_gradient(lambda v: op.AT(op.A(v)), op.AT(r), torch.zeros_like(x), cg_iters)
+        return conjugate_gradient(lambda v: op.AT(op.A(v)), op.AT(r), torch.zeros_like(x), cg_iters,
+                                  couples_batch(op))
 
     for i, sigma in enumerate(levels):
         sigma_next = levels[i + 1] if i + 1 < len(levels) else 0.0
@@ -456,7 +469,7 @@ def sample_dds(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
     for i, sigma in enumerate(levels):
         sigma_next = levels[i + 1] if i + 1 < len(levels) else 0.0
         x0_hat = prior(x, sigma, generator)
-        x0 = conjugate_gradient(normal, aty + lam_abs * x0_hat, x0_hat, cg_iters)
+        x0 = conjugate_gradient(normal, aty + lam_abs * x0_hat, x0_hat, cg_iters, couples_batch(op))
         x = renoise(x0, x, x0_hat, sigma, sigma_next, eta, generator)
         _check_finite(x, name, i, sigma)
         _report(callback, i, sigma, x, x0)

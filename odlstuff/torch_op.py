@@ -1,8 +1,10 @@
 """Torch autograd wrappers around :class:`odlstuff.geometry.Projector` (ODL + ASTRA).
 
 Tensors are (B, C, H, W) images and (B, C, views, det_count) sinograms, float32, on any device.
-Each call moves the whole batch to host memory once, runs ASTRA slice by slice (B * C slices;
-ODL/ASTRA take numpy arrays, also for 'astra_cuda') and moves the result back once.
+With a numpy :class:`~odlstuff.geometry.Projector` each call moves the whole batch to host memory
+once, runs ASTRA slice by slice (B * C slices) and moves the result back once. The methods a
+projector lists in `torch_methods` (:class:`~odlstuff.geometry.VolumeProjector` on CUDA) take the
+B * C slices as one torch tensor on its device: one ASTRA call, no host copy.
 The backward of the projection is the back projection (the true adjoint) and vice versa, so
 gradients of any order are available; FBP is linear too and its backward is its adjoint.
 """
@@ -15,8 +17,11 @@ import torch
 from .geometry import Projector
 
 
-def _run(fn, x: torch.Tensor, out_shape: tuple[int, int]) -> torch.Tensor:
+def _run(fn, x: torch.Tensor, out_shape: tuple[int, int], native: bool = False) -> torch.Tensor:
     lead = x.shape[:-2]
+    if native:
+        out = fn(x.detach().to(torch.float32).reshape(-1, *x.shape[-2:]).contiguous())
+        return out.reshape(*lead, *out_shape)
     arr = x.detach().to("cpu", torch.float32).reshape(-1, *x.shape[-2:]).numpy()
     out = fn(np.ascontiguousarray(arr))
     return torch.from_numpy(out).reshape(*lead, *out_shape).to(x.device)
@@ -29,7 +34,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x, projector: Projector, fwd: str, adj: str):
         ctx.projector, ctx.names = projector, (fwd, adj)
         out_shape = projector.sino_shape if fwd in ("forward", "fbp_adjoint") else projector.image_shape
-        return _run(getattr(projector, fwd), x, out_shape)
+        return _run(getattr(projector, fwd), x, out_shape, fwd in getattr(projector, "torch_methods", ()))
 
     @staticmethod
     def backward(ctx, grad):

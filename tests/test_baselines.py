@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inverse.baselines import BASELINES, fbp, grad, grad_T, tv, tv_norm, tv_objective
-from inverse.operators import OPERATORS, make_operator
+from inverse.operators import IMAGE_OPERATORS, make_operator
 
 SMALL = {
     "ct_parbeam": ((24, 24), dict(views=9, det_count=64)),
@@ -54,7 +54,7 @@ def test_fbp_is_pinv(generator):
     assert torch.equal(fbp(op, y), op.pinv(y))
 
 
-@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("name", list(IMAGE_OPERATORS))
 def test_tv_decreases_objective(name, device, generator):
     shape, opts = SMALL[name]
     op = make_operator(name, shape, device=device, **opts)

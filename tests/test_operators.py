@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from inverse.operators import OPERATORS, Operator, make_operator, operator_options
+from inverse.operators import (
+    IMAGE_OPERATORS,
+    OPERATORS,
+    VOLUME_OPERATORS,
+    Operator,
+    make_operator,
+    operator_options,
+)
 from odlstuff import geometry as geo
 
 CT_SMALL = dict(views=9, det_count=64)
@@ -46,12 +53,13 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def test_registry_is_complete():
-    assert set(CASES) == set(OPERATORS)
+    assert set(CASES) == set(IMAGE_OPERATORS) and set(VOLUME_OPERATORS) == {"ct_cone"}  # tests/test_volume.py
+    assert set(IMAGE_OPERATORS) | set(VOLUME_OPERATORS) == set(OPERATORS)
     for name, cls in OPERATORS.items():
         assert cls.name == name
 
 
-@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("name", list(IMAGE_OPERATORS))
 def test_shapes_dtype_device(name, device, generator):
     op = build(name, device)
     x, v = rand_pair(op, generator)
@@ -61,7 +69,7 @@ def test_shapes_dtype_device(name, device, generator):
     assert op.name == name and op.channels == CHANNELS and op.image_shape == CASES[name][0]
 
 
-@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("name", list(IMAGE_OPERATORS))
 def test_adjoint(name, device, generator):
     op = build(name, device)
     x, v = rand_pair(op, generator)
@@ -71,7 +79,7 @@ def test_adjoint(name, device, generator):
     assert abs(lhs - rhs) <= (geo.ADJOINT_TOL if cuda_ct else 1e-4) * max(abs(lhs), abs(rhs))
 
 
-@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("name", list(IMAGE_OPERATORS))
 def test_autograd_adjoint(name, device, generator):
     """The vjp of A is AT and the vjp of AT is A (the CT autograd.Function twins)."""
     op = build(name, device)
@@ -84,7 +92,7 @@ def test_autograd_adjoint(name, device, generator):
     torch.testing.assert_close(g, op.A(x.detach()), rtol=1e-4, atol=1e-5 * float(g.abs().max()))
 
 
-@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("name", list(IMAGE_OPERATORS))
 def test_batch_items_independent(name, device, generator):
     op = build(name, device)
     x, v = rand_pair(op, generator, batch=3)
@@ -103,7 +111,7 @@ def test_fbp_pinv_is_differentiable(name, generator):
     assert abs(lhs - rhs) <= 1e-4 * abs(lhs)
 
 
-@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("name", list(IMAGE_OPERATORS))
 def test_norm(name, generator):
     """norm() (exact where overridden) agrees with the base class power iteration."""
     op = build(name, "cpu")

@@ -195,10 +195,10 @@ def test_operator_norm_power_iteration_and_renoise():
 
 def _registry():
     try:
-        from inverse.operators import OPERATORS, make_operator
+        from inverse.operators import IMAGE_OPERATORS, make_operator
     except ImportError:  # operators (ODL/ASTRA) not available here
         return [], None
-    return sorted(OPERATORS), make_operator
+    return sorted(IMAGE_OPERATORS), make_operator
 
 
 REGISTRY, MAKE_OPERATOR = _registry()
