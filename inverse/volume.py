@@ -131,17 +131,37 @@ def _errors(x: np.ndarray, gt: np.ndarray) -> dict:
 class VolumeContext:
     """What every slab of a run shares: network prior, sampler, schedule, operators per slab size."""
 
-    def __init__(self, cfg: dict, device: torch.device):
-        from inverse.reconstruct import accepted_kwargs, build_prior, network_image_channels, resolve_schedule
+    def __init__(self, cfg: dict, device: torch.device, shapes: set[tuple[int, int]], verbose: bool = True):
+        from inverse.checkpoint_info import input_warnings, prior_problem, trained_patch_range, training_info
+        from inverse.reconstruct import (
+            DEFAULT_PATCH_RANGE,
+            accepted_kwargs,
+            build_prior,
+            describe_grids,
+            network_image_channels,
+            resolve_grids,
+            resolve_schedule,
+        )
         from inverse.samplers import SAMPLERS, get_sigmas_karras
         from torch_utils.persistence import load_network
 
         self.cfg, self.device = cfg, device
         net = load_network(cfg["network"], device=device)
+        info = training_info(cfg["network"])
+        if prior_problem(info, cfg["prior"]):
+            raise ValueError(f"{cfg['network']}: {prior_problem(info, cfg['prior'])}")
         self.channels = network_image_channels(net)
         if self.channels != 1:
             raise ValueError(f"--volume needs a single-channel network, {cfg['network']} denoises "
                              f"{self.channels}-channel images")
+        cfg["patch_range"] = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
+        cfg["grid"] = resolve_grids(cfg, net, shapes)
+        if verbose:
+            for line in describe_grids(cfg["grid"], cfg["patch_range"]):
+                print(line, file=sys.stderr)
+            for line in dict.fromkeys(w for s in sorted(shapes) for w in input_warnings(
+                    info, cfg["prior"], s, (cfg["grid"].get(f"{s[0]}x{s[1]}") or {}).get("psize"))):
+                print(f"warning: {line}", file=sys.stderr)
         self.prior = build_prior(net, cfg)
         self.sampler = SAMPLERS[cfg["solver"]]
         self.solver_kwargs, _ = accepted_kwargs(self.sampler, cfg["solver_kwargs"])
@@ -333,7 +353,7 @@ def run_volume(cfg: dict) -> dict:
                              f"{cfg['image_size'][0]}x{cfg['image_size'][1]}")
         check_prior_geometry(cfg, {tuple(v.shape[1:])})
     slab_bounds(1, cfg["slab"])
-    ctx = VolumeContext(cfg, device)
+    ctx = VolumeContext(cfg, device, {tuple(v.shape[1:]) for v in volumes}, verbose)
     for v in volumes:  # operators (and their errors, e.g. cone beam on CPU) before any work
         for n in sorted({z1 - z0 for z0, z1 in slab_bounds(v.shape[0], cfg["slab"])}):
             ctx.operator(tuple(v.shape[1:]), n)
