@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU check (issue 7): the CUDA tests, the benchmarks and the demo on one CUDA device, small
+# GPU check (issues 7, 14): the CUDA tests (with cone beam and the 3D volume projector), the
+# benchmarks (with the volume path: bench_volume.py) and the demo on one CUDA device, small
 # iteration counts, under 5 minutes in all (each step has its own time limit; they add up to 300 s).
+# Ends with one table: step, exit status, seconds.
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -50,30 +52,35 @@ print('astra', astra.__version__, 'use_cuda', astra.use_cuda(), 'impl', op.proje
 x = torch.rand(1, 1, 64, 64, device='cuda'); y = op.A(x); \
 print('A on', y.device, tuple(y.shape), 'adjoint err', float(((op.A(x) * y).sum() - (x * op.AT(y)).sum()).abs() / (y * y).sum()))"
 # CUDA tests: the device-fixture tests ([cuda] ids) and the tests named *cuda*.
-step tests 50 "$PY" -m pytest -q tests -k cuda -p no:cacheprovider
+step tests 45 "$PY" -m pytest -q tests -k cuda -p no:cacheprovider
 # Reconstruction cost per solver with the paper-size network (1 noise level each; each solver is
 # a fresh process, ~11 s on a cold H100, so three of the five fit).
-step bench_recon 35 "$PY" benchmarks/bench_recon.py --arch ddpmpp --iters 1 --solvers dds,dps,pc \
+step bench_recon 30 "$PY" benchmarks/bench_recon.py --arch ddpmpp --iters 1 --solvers dds,dps,pc \
     --out "$RES/bench_recon.json"
 # Seconds per denoiser call: fp32 / bf16 / fp16 / channels-last, interleaved.
 step bench_speed 20 "$PY" benchmarks/bench_speed.py --arch ddpmpp --variants fp32,bf16,fp16,fp32+cl \
     --repeats 5 --out "$RES/bench_speed.json"
 # Training throughput per patch size, fp32 and bf16. No whole-image row: at the paper's images
 # per step (as many 256x256 images as patch-64 has patches) it ran out of the H100's 80 GB.
-step bench_train 50 "$PY" benchmarks/bench_train.py --arch ddpmpp --steps 2 --precision fp32,bf16 --skip-whole \
+step bench_train 40 "$PY" benchmarks/bench_train.py --arch ddpmpp --steps 2 --precision fp32,bf16 --skip-whole \
     --out "$RES/bench_train.json"
 # Peak memory of one call, patch vs whole-image prior, 128/256/512.
-step bench_memory 45 "$PY" benchmarks/bench_memory.py --arch ddpmpp --sizes 128,256,512 --batch 5 \
+step bench_memory 40 "$PY" benchmarks/bench_memory.py --arch ddpmpp --sizes 128,256,512 --batch 5 \
     --out "$RES/bench_memory.json"
 # Images/s vs --images-per-batch K, paper-size network, 8 slices, dds 3 levels.
 step bench_batch 30 "$PY" benchmarks/bench_batch.py --arch ddpmpp --ks 1,2,4,8 --images 8 --steps 3 \
     --out "$RES/bench_batch.json"
+# Volumes: A+AT per 16-slice slab (per-slice vs one 3D CUDA call on torch memory), cone beam,
+# the ||A|| cache, and a 16-slice held-out slab through inverse_nodist.py --volume (dds 3 levels,
+# with and without --z-coupling).
+step bench_volume 40 "$PY" benchmarks/bench_volume.py --slices 16 --steps 3 --out "$RES/bench_volume.json"
 # The demo end to end on the device (shipped prior, TV baselines on ASTRA CUDA). Fan beam and
 # limited angle are left out: ASTRA's CUDA fan-beam projector is too far from its adjoint, so it
 # falls back to the CPU one (odlstuff.geometry.ADJOINT_TOL) and its TV alone takes ~30 s.
-step demo 55 "$PY" -m inverse.demo --outdir "$RES/demo_out" --cases ct_parbeam_20,deblur_uniform_9,super_x4
+step demo 40 "$PY" -m inverse.demo --outdir "$RES/demo_out" --cases ct_parbeam_20,deblur_uniform_9,super_x4
 cp "$RES"/demo_out/*/demo.md "$RES/demo.md" 2>/dev/null || true
 
 echo "gpu_check: results in $RES"
-cat "$RES/status.txt"
+printf '%-14s %4s %8s\n' step rc seconds
+awk '{sub("rc=", "", $2); printf "%-14s %4s %8s\n", $1, $2, $3}' "$RES/status.txt"
 exit $failed
