@@ -77,6 +77,9 @@ from inverse.samplers import SAMPLERS
 @click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")
 @click.option("--angle-range", help="Limited-angle CT wedge 'lo,hi' in radians [default: operator's]")
 @click.option("--detectors", type=click.IntRange(min=1), help="CT: detector pixels [default: operator's, 512]")
+@click.option("--det-extent", type=click.FloatRange(min=0, min_open=True),
+              help="CT: detector half width, image half width is 20 [default: 40; fan beam: 80 covers the whole "
+                   "image, 40 only a disc of radius 17.9]")
 @click.option("--src-radius", type=click.FloatRange(min=0, min_open=True), help="Fan/cone beam: source to rotation centre [default: 40]")
 @click.option("--det-radius", type=click.FloatRange(min=0, min_open=True), help="Fan/cone beam: rotation centre to detector [default: 40]")
 @click.option("--det-height", type=click.FloatRange(min=0), help="Cone beam: detector half height [default: 0, the slab's magnified height]")

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 # CLI option -> operator keyword argument (inverse.operators.operator_options)
-PROBLEM_OPTIONS = dict(views="views", angle_range="angle_range", detectors="det_count", kernel_size="kernel_size",
+PROBLEM_OPTIONS = dict(views="views", angle_range="angle_range", detectors="det_count", det_extent="det_extent", kernel_size="kernel_size",
                        kernel_sigma="kernel_sigma", factor="factor", mask="mask", mask_fraction="mask_fraction",
                        src_radius="src_radius", det_radius="det_radius", det_height="det_height",
                        slice_spacing="slice_spacing")

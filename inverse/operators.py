@@ -265,6 +265,9 @@ class ParallelBeamCT(_CT):
                     lambda z, n: geo.parallel3d_geometry(args[0], z, n, args[1], *det))
 
 
+FOV_TOL = 0.02  # image values above this outside the fan's field of view count as content
+
+
 class FanBeamCT(_CT):
     """Fan-beam CT with a flat detector: `views` source positions over [0, 2 pi)."""
 
@@ -289,6 +292,26 @@ class FanBeamCT(_CT):
                              _float_opt("det_radius", det_radius), _int_opt("det_count", det_count),
                              _float_opt("det_extent", det_extent))
         self._setup(g, domain, fbp_filter, fbp_freq)
+        self.fov_radius = geo.fan_fov_radius(float(src_radius), float(det_radius), float(det_extent))
+        self._outside = geo.outside_disc(self.projector.ray.domain, self.fov_radius)
+        self.square_det_extent = None
+        half_diagonal = float(np.hypot(*self.projector.ray.domain.max_pt))
+        if half_diagonal < float(src_radius):
+            self.square_det_extent = geo.fan_det_extent_for(half_diagonal, float(src_radius), float(det_radius))
+
+    def fov_warning(self, x: np.ndarray, tol: float = FOV_TOL) -> str | None:
+        """A one-line warning if the (C, H, W) image in [0, 1] has content (values above
+        ``tol``) outside the disc every view covers (:func:`odlstuff.geometry.fan_fov_radius`),
+        else None. Such content is measured from some views only and cannot be reconstructed."""
+        outside = np.abs(np.asarray(x))[:, self._outside]
+        if not outside.size or float(outside.max()) <= tol:
+            return None
+        cover = (f"det_extent={math.ceil(self.square_det_extent - 1e-6)} (--det-extent) covers the whole image"
+                 if self.square_det_extent else "a larger src_radius and det_extent cover the whole image")
+        half = max(self.projector.ray.domain.max_pt)
+        return (f"image content outside the fan beam's field of view (radius {self.fov_radius:.1f} of the image "
+                f"half width {half:g}; {int(self._outside.sum())} pixels there, max value {outside.max():.2f}): "
+                f"not seen from every view, so not reconstructed; {cover}")
 
 
 class LimitedAngleCT(_CT):

@@ -202,6 +202,21 @@ def grey_rgb_to_single(items: list, channels: int) -> tuple[list, list[str]]:
     return out, converted
 
 
+def field_of_view_warning(items: list, operator: Callable) -> str | None:
+    """One line if some ground-truth images have content the operator does not see from every
+    view (fan beam, ``op.fov_warning``): the first such image, how many, and the remedy."""
+    hits = []
+    for _, name, _, x in items:
+        check = getattr(operator(tuple(x.shape[1:])), "fov_warning", None)
+        message = check(x) if check else None
+        if message:
+            hits.append((name, message))
+    if not hits:
+        return None
+    more = f" and {len(hits) - 1} more of {len(items)} images" if len(hits) > 1 else ""
+    return f"{hits[0][0]}{more}: {hits[0][1]}"
+
+
 def check_channels(images: list[tuple[str, np.ndarray]], channels: int, source: str) -> None:
     for name, x in images:
         if x.shape[0] != channels:
@@ -404,6 +419,9 @@ def run(cfg: dict) -> dict:
     if rank == 0:
         for f in failures:
             print(f"skipped {rio.failure_line(f)}", file=sys.stderr)
+        fov = field_of_view_warning(items, operator) if has_gt else None
+        if fov:
+            print(f"warning: {fov}", file=sys.stderr)
     sampler = SAMPLERS[cfg["solver"]]
     solver_kwargs, ignored = accepted_kwargs(sampler, cfg["solver_kwargs"])
     if ignored and verbose:

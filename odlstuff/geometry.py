@@ -166,6 +166,28 @@ def volume_space(image_shape: tuple[int, int], slices: int, domain: float = DOMA
                              dtype="float32", **kw)
 
 
+def fan_fov_radius(src_radius: float = SRC_RADIUS, det_radius: float = DET_RADIUS,
+                   det_extent: float = DET_EXTENT) -> float:
+    """Radius of the disc that every fan-beam view covers (flat detector, centred): the fan's
+    half angle is atan(det_extent / (src_radius + det_radius)) and its edge rays pass the
+    rotation centre at src_radius * sin(half angle). The paper's 40/40/40: 17.89, i.e. 0.89 of
+    the image half width 20; image content farther out is not seen from every view."""
+    return float(src_radius * math.sin(math.atan(det_extent / (src_radius + det_radius))))
+
+
+def fan_det_extent_for(radius: float, src_radius: float = SRC_RADIUS, det_radius: float = DET_RADIUS) -> float:
+    """The detector half width whose fan covers a disc of ``radius`` (< src_radius)."""
+    if not 0 < radius < src_radius:
+        raise ValueError(f"radius must be in (0, src_radius={src_radius}), got {radius}")
+    return float((src_radius + det_radius) * math.tan(math.asin(radius / src_radius)))
+
+
+def outside_disc(space: odl.DiscretizedSpace, radius: float) -> np.ndarray:
+    """Boolean (H, W) mask of the pixels whose centre lies farther than ``radius`` from the centre."""
+    rows, cols = space.meshgrid
+    return (rows ** 2 + cols ** 2) > radius ** 2
+
+
 def _const_weight(space) -> float:
     weighting = getattr(space, "weighting", None)
     const = getattr(weighting, "const", None)
