@@ -7,10 +7,20 @@ calls ``training.training_loop.run(cfg)``. See that module for files, units and 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
 
+from inverse.paper_cli import (
+    NORMALIZE,
+    TRAIN_OPTIONS,
+    HintChoice,
+    apply_train_options,
+    given,
+    paper_options,
+    train_summary,
+)
 from training.networks import ARCHS
 
 
@@ -23,13 +33,15 @@ def _int_list(ctx, param, value):
         raise click.BadParameter(f"{value!r}; expected comma-separated integers") from None
 
 
-@click.command(context_settings=dict(show_default=True, max_content_width=110))
+@click.command(context_settings=dict(show_default=True, max_content_width=110, **NORMALIZE))
 @click.option("--outdir", default="runs", metavar="DIR", help="Parent directory of the run directories.")
 @click.option("--data", required=True, metavar="PATH", help="Training images: directory, file or zip.")
 @click.option("--mat-key", default="images", help="Variable name in .mat/.npz files.")
 @click.option("--normalize", is_flag=True, help="Min-max scale each image to [0, 1].")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images.")
-@click.option("--arch", type=click.Choice(sorted(ARCHS)), default="small", help="Network architecture.")
+@click.option("--arch", type=HintChoice(sorted(ARCHS), adm="the paper's ADM (DhariwalUNet) is not implemented; "
+                                      "use ddpmpp (the paper's CT prior) or ncsnpp"),
+              default="small", help="Network architecture.")
 @click.option("--cbase", type=click.IntRange(min=1), default=None, help="Override model_channels.")
 @click.option("--cres", callback=_int_list, default=None, help="Override channel_mult, e.g. 1,2,2.")
 @click.option("--blocks", type=click.IntRange(min=1), default=None, help="Override num_blocks.")
@@ -57,14 +69,17 @@ def _int_list(ctx, param, value):
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Autocast.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0 = default).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda if available.")
+@click.option("--transfer", default=None, metavar="PKL|SAFETENSORS",
+              help="Fine-tune this network (its architecture; --arch/--cbase/... ignored) on --data.")
 @click.option("--resume", default=None, metavar="PATH|auto",
               help="Training-state file, or 'auto': the newest run of the same name (--desc) in --outdir.")
 @click.option("--max-nonfinite", type=click.IntRange(min=1), default=10,
               help="Stop after N non-finite losses in a row.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--desc", default=None, help="Run directory suffix.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@paper_options(TRAIN_OPTIONS)
 def main(**opts):
     """Train a patch-based diffusion prior (PaDIS) on a set of images in [0, 1].
 
@@ -74,24 +89,33 @@ def main(**opts):
     from inverse.cli import run_or_fail
     from training import training_loop
 
+    ctx = click.get_current_context()
+    paper = apply_train_options(ctx, opts)
     overrides = {key: opts[opt] for opt, key in (("cbase", "model_channels"), ("cres", "channel_mult"),
                                                   ("blocks", "num_blocks"), ("attn", "attn_resolutions"),
                                                   ("dropout", "dropout")) if opts[opt] is not None}
+    overrides.update(opts["paper_arch_overrides"])
+    if opts["paper_cudnn_benchmark"] is not None:
+        import torch
+        torch.backends.cudnn.benchmark = opts["paper_cudnn_benchmark"]
     if opts["batch_gpu"] and opts["batch"] and opts["batch"] % opts["batch_gpu"]:
         raise click.BadParameter(f"{opts['batch_gpu']} does not divide --batch {opts['batch']}",
                                  param_hint="--batch-gpu")
     cfg = dict(outdir=opts["outdir"], desc=opts["desc"], data=opts["data"], mat_key=opts["mat_key"],
                normalize=opts["normalize"], max_images=opts["max_images"], arch=opts["arch"],
-               arch_overrides=overrides, batch=opts["batch"], batch_mul_base=opts["batch_mul_base"],
+               arch_overrides=overrides, transfer=opts["transfer"], batch=opts["batch"], batch_mul_base=opts["batch_mul_base"],
                batch_gpu=opts["batch_gpu"], lr=opts["lr"],
                lr_rampup_kimg=opts["lr_rampup"], ema_halflife_kimg=opts["ema"],
-               ema_rampup_ratio=opts["ema_rampup"] or None, duration_mimg=opts["duration"],
+               ema_rampup_ratio=(None if opts["transfer"] and not given(ctx, "ema_rampup")
+                                 else opts["ema_rampup"] or None), duration_mimg=opts["duration"],
                tick_kimg=opts["tick"], snap_ticks=opts["snap"], dump_ticks=opts["dump"], seed=opts["seed"],
                real_p=opts["real_p"], pad_width=opts["pad_width"], patch_sizes=opts["patch_sizes"],
                positional=not opts["no_pos"],
                precision=opts["precision"], workers=opts["workers"], device=opts["device"],
                resume=opts["resume"], max_nonfinite=opts["max_nonfinite"], progress=not opts["no_progress"])
     cfg = run_or_fail(training_loop.resolve_config, cfg, opts["debug"])
+    if paper and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        click.echo(train_summary(ctx, cfg, paper), err=True)
     if opts["dry_run"]:
         click.echo(json.dumps(cfg, indent=2))
         return

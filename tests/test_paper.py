@@ -127,3 +127,145 @@ def test_convert_as_module_refuses_hostile_pickle(assets, tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "it references os.system, which is not allowed in a network pickle" in done.stderr
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "evil.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# train.py: the paper's README command, every paper option, --transfer
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+README_TRAIN = ("--outdir=training-runs --data=mydata --cond=0 --arch=ddpmpp --batch=16 --lr=1e-4 --dropout=0.05 "
+                "--augment=0 --real_p=0.5 --padding=1 --tick=2 --snap=10 --pad_width=64").split()
+# Our options that shrink the run to test size (given after the paper's, so they only add).
+TINY_TRAIN = ["--cbase", "8", "--cres", "1,1", "--blocks", "1", "--attn", "", "--duration", "0.000016",
+              "--batch-mul-base", "1", "--device", "cpu", "--no-progress"]
+# For option checks: tiny network and data.
+BASE = ["--arch", "tiny", "--pad-width", "4", "--patch-sizes", "8,16", "--batch", "4", "--batch-mul-base", "1",
+        "--tick", "0.03", "--lr-rampup", "0.02", "--ema", "0.02", "--device", "cpu", "--no-progress", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("mydata")
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(d / f"img{k}.png")
+    return d
+
+
+def _train(args, expect=0):
+    res = CliRunner().invoke(train.main, [str(a) for a in args])
+    assert res.exit_code == expect, res.output
+    return res
+
+
+@pytest.mark.slow
+def test_readme_train_command_verbatim_under_torchrun(train_data, tmp_path):
+    """The paper README's training command, as typed (4 processes), on tiny data and network."""
+    (tmp_path / "mydata").symlink_to(train_data)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+           str(REPO / "train.py"), *README_TRAIN, *TINY_TRAIN]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("paper command (--cond, --padding, --augment): training Patch_EDMPrecond "
+                             "(--arch ddpmpp)") == 1
+    (run,) = (tmp_path / "training-runs").iterdir()
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["world_size"], cfg["batch"], cfg["lr"], cfg["real_p"], cfg["pad_width"]) == (4, 16, 1e-4, 0.5, 64)
+    assert (cfg["tick_kimg"], cfg["snap_ticks"], cfg["arch"], cfg["arch_overrides"]["dropout"]) == (2, 10, "ddpmpp", 0.05)
+    (pkl,) = run.glob("network-snapshot-*.pkl")
+    assert load_network(pkl).init_kwargs["img_resolution"] == 16 + 2 * 64
+
+
+def _dry(train_data, tmp_path, *args):
+    res = _train(["--data", train_data, "--outdir", tmp_path, *BASE, *args, "-n"])
+    return json.loads(res.stdout), res.stderr
+
+
+@pytest.mark.parametrize("args, key, value", [
+    (["--fp16=1"], "precision", "fp16"),
+    (["--precond=edm"], "positional", False),
+    (["--precond=pedm"], "positional", True),
+    (["--implicit_mlp=1"], "arch_overrides", {"implicit_mlp": True}),
+    (["--cond=0", "--ema=0.5"], "ema_halflife_kimg", 500.0),  # a paper command: --ema in Mimg
+    (["--ema=0.5"], "ema_halflife_kimg", 0.5),                # ours: kimg
+    (["--cond=0", "--workers=4"], "workers", 0),              # the paper's loader processes: none here
+    (["--real_p=0.3"], "real_p", 0.3),
+    (["--pad_width=2"], "pad_width", 2),
+    (["--batch-gpu=2"], "batch_gpu", 2),
+    (["--xflip=0", "--cache=1", "--ls=1", "--train_on_latents=0", "--progressive=0", "--four_channels=1",
+      "--hash_channels=1", "--padding=1", "--augment=0", "--bench=1"], "precision", "fp32"),
+])
+def test_paper_train_options_accepted(train_data, tmp_path, args, key, value):
+    cfg, err = _dry(train_data, tmp_path, *args)
+    assert cfg[key] == value
+    assert ("paper command" in err) == any(a.split("=")[0] not in ("--ema", "--real_p", "--pad_width", "--batch-gpu")
+                                           for a in args)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--cond=1"], "--cond=1 (the paper's option): padis trains unconditional priors"),
+    (["--precond=vp"], "--precond=vp (the paper's option): padis implements EDM preconditioning only"),
+    (["--padding=0"], "--padding=0 (the paper's option): the paper's code marks training without padding"),
+    (["--augment=0.12"], "--augment=0.12 (the paper's option): padis has no augmentation pipeline"),
+    (["--xflip=1"], "--xflip=1 (the paper's option): dataset x-flips are not implemented"),
+    (["--ls=100"], "--ls=100.0 (the paper's option): loss scaling is automatic here"),
+    (["--cache=0"], "--cache=0 (the paper's option): padis always holds the training images in memory"),
+    (["--nosubdir"], "--nosubdir (the paper's option): padis writes every run into a new OUTDIR/NNNNN-DESC"),
+    (["--train_on_latents=1"], "--train_on_latents=1 (the paper's option): latent-space training"),
+    (["--progressive=1"], "--progressive=1 (the paper's option): progressive patch sizes are not implemented"),
+    (["--four_channels=2"], "--four_channels=2 (the paper's option): only the paper's 2 position channels"),
+    (["--hash_channels=3"], "--hash_channels=3 (the paper's option): only the paper's 2 position channels"),
+    (["--arch=adm"], "'adm': the paper's ADM (DhariwalUNet) is not implemented; use ddpmpp"),
+    (["--fp16=1", "--precision", "bf16"], "--fp16 (the paper's option) sets --precision to fp16, but --precision bf16"),
+])
+def test_paper_train_options_refused_in_one_line(train_data, tmp_path, args, words):
+    res = _train(["--data", train_data, "--outdir", tmp_path, *BASE, *args, "-n"], expect=2)
+    error = [line for line in res.output.splitlines() if line.startswith("Error")]
+    assert len(error) == 1 and words in error[0], res.output
+
+
+def test_train_help_keeps_our_names(train_data):
+    text = _train(["--help"]).output
+    assert "--real-p" in text and "--pad-width" in text and "--transfer" in text and "-n, --dry-run" in text
+    for paper_only in ("--cond", "--precond", "--augment", "--nosubdir", "--real_p", "--hash_channels"):
+        assert paper_only not in text
+
+
+def _final_state(outdir: Path) -> dict:
+    (run,) = [p for p in outdir.iterdir() if p.is_dir()]
+    return torch.load(max(run.glob("training-state-*.pt")), map_location="cpu", weights_only=True)
+
+
+def test_transfer_fine_tunes_and_resumes_exactly(train_data, tmp_path):
+    """--transfer starts from the given network (its architecture, here not --arch's), changes
+    its weights, and an interrupted transfer run resumed from its state ends where an
+    uninterrupted one does."""
+    from torch_utils.persistence import save_network
+    from training.networks import build_network
+
+    torch.manual_seed(5)
+    src = build_network("tiny", 24, 1, model_channels=8).eval()
+    path = save_network(src, tmp_path / "src.safetensors")
+    args = ["--data", train_data, *BASE, "--arch", "small", "--transfer", path]
+    _train([*args, "--outdir", tmp_path / "a", "--duration", 0.00012])
+    _train([*args, "--outdir", tmp_path / "b", "--duration", 0.00005])
+    (half,) = next((tmp_path / "b").iterdir()).glob("training-state-*.pt")
+    cfg = json.loads((half.parent / "config.json").read_text())
+    assert cfg["transfer"] == str(path) and cfg["ema_rampup_ratio"] is None  # the paper: no EMA ramp-up
+    # Resumed as every run is: the same options plus --resume (into its own directory with 'auto').
+    _train([*args, "--outdir", tmp_path / "c", "--duration", 0.00012, "--resume", half])
+    _train([*args, "--outdir", tmp_path / "b", "--duration", 0.00012, "--resume", "auto"])
+    assert len(list((tmp_path / "b").iterdir())) == 1
+    a, b, c = (_final_state(tmp_path / name) for name in "abc")
+    assert a["step"] == b["step"] == c["step"] > torch.load(half, weights_only=True)["step"]
+    assert list(a["net"]) == list(src.state_dict())  # the transfer network's architecture, not 'small'
+    assert any(not torch.equal(a["net"][k], v) for k, v in src.state_dict().items())  # fine-tuned
+    for key in ("net", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) and torch.equal(a[key][k], c[key][k]) for k in a[key]), key

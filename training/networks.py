@@ -543,6 +543,10 @@ ARCHS = {
                    decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1],
                    model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16],
                    dropout=0.10),
+    "ncsnpp": dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual",
+                   decoder_type="standard", channel_mult_noise=2, resample_filter=[1, 3, 3, 1],
+                   model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16],
+                   dropout=0.10),  # the paper's (EDM's) NCSN++ settings
     "small": dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
                   decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1],
                   model_channels=32, channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[16],

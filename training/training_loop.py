@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = dict(
     max_images=None,             # Use at most this many images.
     arch="small",                # Name in training.networks.ARCHS.
     arch_overrides={},           # SongUNet kwargs replacing those of the arch.
+    transfer=None,               # Start from this network file (its architecture; arch ignored) and fine-tune.
     batch=None,                  # Base batch over all processes (None: 1 per process); x batch_mul(p) patches.
     batch_mul_base=16,           # batch_mul(p) = base * largest/p: 64/32/16 for 16/32/64 (paper).
     batch_gpu=None,              # Per-process microbatch in base images (None: no accumulation).
@@ -246,8 +247,11 @@ def _run(c: dict, device: torch.device) -> dict:
     # Network (identical initialisation on every rank), loss, optimizer, EMA.
     torch.manual_seed(c["seed"])
     positional = c.get("positional", True) and sizes != [WHOLE]
-    net = build_network(c["arch"], img_resolution=max(canvas), image_channels=dataset.channels,
-                        positional=positional, **c["arch_overrides"]).to(device)
+    if c["transfer"]:
+        net = transfer_network(c["transfer"], c["arch_overrides"], dataset.channels, positional).to(device)
+    else:
+        net = build_network(c["arch"], img_resolution=max(canvas), image_channels=dataset.channels,
+                            positional=positional, **c["arch_overrides"]).to(device)
     factor = 2 ** (len(net.init_kwargs["channel_mult"]) - 1)
     for s in sizes:
         h, w = patch_shape(s, (height, width), pad)
@@ -442,7 +446,28 @@ def _run(c: dict, device: torch.device) -> dict:
 def _default_desc(c: dict) -> str:
     data = Path(c["data"]).stem or "data"
     sizes = "-".join(str(s) for s in c["patch_sizes"])
-    return f"{data}-{c['arch']}-p{sizes}-pad{c['pad_width']}-b{c['batch']}"
+    arch = f"from-{Path(c['transfer']).stem}" if c.get("transfer") else c["arch"]
+    return f"{data}-{arch}-p{sizes}-pad{c['pad_width']}-b{c['batch']}"
+
+
+def transfer_network(path: str | os.PathLike, overrides: dict, channels: int, positional: bool) -> torch.nn.Module:
+    """The network of checkpoint ``path`` (any format ``load_network`` reads; its own
+    architecture), rebuilt with ``overrides`` (e.g. dropout) and its weights, in train mode:
+    the start of a fine-tuning run (the paper's --transfer)."""
+    from torch_utils.persistence import load_network
+
+    src = load_network(path)
+    if src.out_channels != channels or bool(src.pos_channels) != positional:
+        raise ValueError(f"{path}: --transfer network denoises {src.out_channels}-channel images "
+                         f"{'with' if src.pos_channels else 'without'} position channels; the training data has "
+                         f"{channels} channel(s) and {'with' if positional else 'without'} positions was asked")
+    try:
+        net = type(src)(**(src.init_kwargs | overrides))
+        net.load_state_dict(src.state_dict())
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: --transfer network cannot take the overrides {sorted(overrides)} "
+                         f"({str(exc).splitlines()[0]})") from None
+    return net.train().requires_grad_(True)
 
 
 def _update_ema(ema, net, nimg: int, images_step: int, halflife_kimg: float, rampup_ratio) -> None:
