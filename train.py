@@ -33,7 +33,8 @@ def _int_list(ctx, param, value):
         raise click.BadParameter(f"{value!r}; expected comma-separated integers") from None
 
 
-@click.command(context_settings=dict(show_default=True, max_content_width=110, **NORMALIZE))
+@click.command(context_settings=dict(show_default=True, max_content_width=110, help_option_names=["-h", "--help"],
+                                     **NORMALIZE))
 @click.option("--outdir", default="runs", metavar="DIR", help="Parent directory of the run directories.")
 @click.option("--data", required=True, metavar="PATH", help="Training images: directory, file or zip.")
 @click.option("--mat-key", default="images", help="Variable name in .mat/.npz files.")

@@ -15,12 +15,14 @@ PROBLEM_OPTIONS = dict(views="views", angle_range="angle_range", detectors="det_
                        src_radius="src_radius", det_radius="det_radius", det_height="det_height",
                        slice_spacing="slice_spacing")
 SOLVER_OPTIONS = ("zeta", "inner", "eps", "dc_grad", "dc_step", "predictor", "eta", "lam", "cg_iters", "init")
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
 def default_network() -> str | None:
-    """The one ``*.safetensors`` checkpoint shipped under checkpoints/, if there is exactly one."""
-    found = sorted(CHECKPOINTS.glob("*.safetensors")) if CHECKPOINTS.is_dir() else []
+    """The one ``*.safetensors`` checkpoint shipped under checkpoints/ (or installed as
+    package data, inverse.shipped), if there is exactly one."""
+    from inverse.shipped import checkpoints_dir
+    folder = checkpoints_dir()
+    found = sorted(folder.glob("*.safetensors")) if folder is not None else []
     return str(found[0]) if len(found) == 1 else None
 
 

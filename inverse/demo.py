@@ -25,10 +25,11 @@ from pathlib import Path
 import click
 import torch
 
+from inverse.shipped import ct_head_dir
 from torch_utils import misc
 
 REPO = Path(__file__).resolve().parents[1]
-HELD_OUT = REPO / "datasets" / "ct_head" / "test"
+HELD_OUT = (ct_head_dir() or REPO / "datasets" / "ct_head") / "test"  # a checkout's, or the installed copy
 ONE_SLICE = HELD_OUT / "slice_049.png"
 TUNING_SLICE = "slice_004"  # TV weights and dds lam were chosen on it: never evaluated
 EVAL_SLICES = "held-out"  # CASES' marker for "every held-out slice except TUNING_SLICE"
