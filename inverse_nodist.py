@@ -34,7 +34,7 @@ from inverse.samplers import SAMPLERS
 @click.option("--problem", required=True, type=click.Choice(sorted(OPERATORS)), help="Forward model")
 @click.option("--solver", default="dds", type=click.Choice(sorted(SAMPLERS)), help="Inverse solver")
 @click.option("--prior", default="patch", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser")
-@click.option("--baseline", "baselines", default="fbp,tv", callback=parse_baselines, help="Comma list or 'none'")
+@click.option("--baseline", "baselines", default="fbp,tv", callback=parse_baselines, help="Comma list or 'none'; fbp is the pseudo-inverse ('pinv', its name outside CT)")
 @click.option("--tv-weight", type=float, help="TV baseline weight [default: baseline's]")
 @click.option("--tv-iters", type=int, help="TV baseline iterations [default: baseline's]")
 @click.option("--outdir", default="out", type=click.Path(file_okay=False), help="Runs go to OUTDIR/NNNNN-<problem>-<solver>/")

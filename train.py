@@ -55,11 +55,12 @@ def _int_list(ctx, param, value):
 @click.option("--batch-gpu", type=click.IntRange(min=1), default=None,
               help="Per-process microbatch limit (gradient accumulation).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, help="Learning rate.")
-@click.option("--lr-rampup", type=click.FloatRange(min=0), default=1.0, help="Lr warm-up, kimg.")
-@click.option("--ema", type=click.FloatRange(min=0), default=0.5, help="EMA half-life, kimg.")
+@click.option("--lr-rampup", type=click.FloatRange(min=0), default=1.0, help="Lr warm-up, kimg (thousands of training patches).")
+@click.option("--ema", type=click.FloatRange(min=0), default=0.5, help="EMA half-life, kimg (thousands of training patches).")
 @click.option("--ema-rampup", type=click.FloatRange(min=0), default=0.05, help="EMA ramp-up ratio (0 = off).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=0.01, help="Training length, Mimg.")
-@click.option("--tick", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Stats interval, kimg.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=0.01, help="Training length, Mimg: millions of training patches (each patch counts as "
+              "one image; a step has batch x batch_mul patches, e.g. 16-64 per base image).")
+@click.option("--tick", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Stats interval, kimg (thousands of training patches).")
 @click.option("--snap", type=click.IntRange(min=0), default=10, help="Ticks between network snapshots.")
 @click.option("--dump", type=click.IntRange(min=0), default=10, help="Ticks between training states.")
 @click.option("--seed", type=int, default=0, help="Random seed.")

@@ -144,6 +144,7 @@ def cell_record(problem: str, method: str, summary: dict, source: str = "padis")
 def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list[Path], device: str,
              seed: int, caps: dict) -> list[dict]:
     """Run one cell (the dds cell also yields the FBP and TV rows); write cells/*.json atomically."""
+    from inverse.baselines import method_label
     from inverse.reconstruct import run
     inputs = stage_images(files, bench / "inputs" / f"n{len(files)}")
     cfg = cell_config(problem, method, networks, inputs, bench / "runs" / problem, device, seed, caps)
@@ -151,7 +152,7 @@ def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list
     summary = run(cfg)
     records = [cell_record(problem, method, summary)]
     if method == DEFAULT_METHOD:
-        records += [cell_record(problem, b, summary, source=b) for b in ("fbp", "tv")]
+        records += [cell_record(problem, b, summary, source=method_label(b, cfg["problem"])) for b in ("fbp", "tv")]
     (bench / "cells").mkdir(parents=True, exist_ok=True)
     for r in records:
         r["wall_seconds"] = time.perf_counter() - t0

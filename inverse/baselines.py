@@ -112,3 +112,9 @@ def tv(
 
 
 BASELINES: dict[str, Callable[..., torch.Tensor]] = {"fbp": fbp, "tv": tv}
+
+
+def method_label(name: str, problem: str) -> str:
+    """What a baseline is called in tables, metrics.csv, summary.json, figures and file names:
+    ``fbp`` is FBP only for CT problems; elsewhere it is the pseudo-inverse, ``pinv``."""
+    return "pinv" if name == "fbp" and not problem.startswith("ct") else name

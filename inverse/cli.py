@@ -68,10 +68,11 @@ def parse_window(ctx, param, value):
 def parse_baselines(ctx, param, value):
     from inverse.baselines import BASELINES
     names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+    names = ["fbp" if n == "pinv" else n for n in names]  # the same baseline: FBP is CT's pseudo-inverse
     bad = [n for n in names if n not in BASELINES]
     if bad:
         raise click.BadParameter(f"unknown baseline {bad[0]!r}; expected a comma list of "
-                                 f"{sorted(BASELINES)} or 'none'")
+                                 f"{sorted(BASELINES)} ('pinv' = 'fbp') or 'none'")
     return list(dict.fromkeys(names))
 
 

@@ -84,7 +84,7 @@ def demo_table(results: dict[str, dict]) -> str:
     lines = ["| case | images | method | PSNR [dB] | SSIM | s/image |", "|---|---|---|---|---|---|"]
     for case, summary in results.items():
         for method, s in summary["methods"].items():
-            label = {"fbp": "FBP / pinv", "tv": "TV", "padis": "PaDIS"}.get(method, method)
+            label = {"fbp": "FBP", "pinv": "pinv", "tv": "TV", "padis": "PaDIS"}.get(method, method)
             lines.append(f"| {case} | {summary['n_images']} | {label} | "
                          f"{s['psnr']['mean']:.2f} ± {s['psnr']['std']:.2f} | "
                          f"{s['ssim']['mean']:.4f} ± {s['ssim']['std']:.4f} | "

@@ -336,19 +336,20 @@ def run_baselines(op, y: torch.Tensor, cfg: dict, device: torch.device) -> tuple
     on 2 cores, the same numbers). Their seconds are then wall times while sharing the machine
     with the solve, and the solve's while sharing it with them; without it (the default) each
     method's seconds are its own."""
-    from inverse.baselines import BASELINES
+    from inverse.baselines import BASELINES, method_label
     results, secs = {}, {}
     for b in cfg["baselines"]:
         kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))
+        label = method_label(b, cfg["problem"])
         with torch.no_grad():
-            xb, secs[b] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
-        results[b] = xb[0].detach().float().cpu().numpy()
+            xb, secs[label] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
+        results[label] = xb[0].detach().float().cpu().numpy()
     return results, secs
 
 
 def run(cfg: dict) -> dict:
     """Reconstruct every input; write the run directory; return the summary dict."""
-    from inverse.baselines import BASELINES
+    from inverse.baselines import BASELINES, method_label
     from inverse.checkpoint_info import input_warnings, prior_problem, trained_patch_range, training_info
     from inverse.metrics import psnr, ssim
     from inverse.operators import make_operator
@@ -434,7 +435,7 @@ def run(cfg: dict) -> dict:
     if rank == 0 and not cfg.get("resume"):
         misc.atomic_write_json(run_dir / "config.json", cfg)
     writer = rio.ResultWriter(run_dir, sinogram=cfg["problem"].startswith("ct"))
-    methods = list(cfg["baselines"]) + [PADIS]
+    methods = [method_label(b, cfg["problem"]) for b in cfg["baselines"]] + [PADIS]  # 'pinv' outside CT
     tags = {m: "recon" if m == PADIS else m for m in methods}
 
     rows, comp, calls, total_secs, done_failures = [], [], [], [], []

@@ -29,7 +29,7 @@ def test_demo_one_case_end_to_end(tmp_path: Path):
     assert res.exit_code == 0, res.output
     [run] = list((tmp_path / "out").iterdir())
     report = json.loads((run / "demo.json").read_text())
-    assert set(report["cases"]["super_x4"]["methods"]) == {"fbp", "tv", "padis"}
+    assert set(report["cases"]["super_x4"]["methods"]) == {"pinv", "tv", "padis"}
     assert "| super_x4 | 1 | PaDIS |" in (run / "demo.md").read_text() and "comparison.png" in res.output
     bad = CliRunner().invoke(demo.main, ["--network", str(net), "--cases", "ct_99"])
     assert bad.exit_code == 2 and "ct_99" in bad.output

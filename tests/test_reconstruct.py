@@ -78,7 +78,7 @@ def test_cli_end_to_end_writes_every_file_and_new_run_dirs(assets, tmp_path):
     run_dir = only_run_dir(tmp_path)
     assert run_dir.name == "00000-deblur_gauss-dds"
     for name in ("img0", "img1"):
-        for tag in ("recon", "fbp", "tv", "measurement"):
+        for tag in ("recon", "pinv", "tv", "measurement"):  # deblurring: the baseline 'fbp' is the pinv
             for ext in ("png", "npy"):
                 assert (run_dir / f"{name}_{tag}.{ext}").is_file(), f"{name}_{tag}.{ext}"
         rec = np.load(run_dir / f"{name}_recon.npy")
@@ -88,10 +88,10 @@ def test_cli_end_to_end_writes_every_file_and_new_run_dirs(assets, tmp_path):
         assert (run_dir / f).is_file(), f
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert [(r["image"], r["method"]) for r in rows] == [
-        (n, m) for n in ("img0", "img1") for m in ("fbp", "tv", "padis")]
+        (n, m) for n in ("img0", "img1") for m in ("pinv", "tv", "padis")]
     assert all(float(r["psnr"]) > 0 and -1 <= float(r["ssim"]) <= 1 for r in rows)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["n_images"] == 2 and set(summary["methods"]) == {"fbp", "tv", "padis"}
+    assert summary["n_images"] == 2 and set(summary["methods"]) == {"pinv", "tv", "padis"}
     assert summary["methods"]["padis"]["psnr"]["n"] == 2
     assert summary["denoiser_calls_per_image"]["mean"] == 2
     assert summary["config"]["seed"] == 3
@@ -154,7 +154,7 @@ def test_measurements_mode(assets, tmp_path):
                 "--factor", "2", "--steps", "2", "--baseline", "fbp")
     assert res.exit_code == 0, res.output
     run_dir = only_run_dir(out)
-    assert (run_dir / "scan1_recon.npy").is_file() and (run_dir / "scan0_fbp.png").is_file()
+    assert (run_dir / "scan1_recon.npy").is_file() and (run_dir / "scan0_pinv.png").is_file()
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len(rows) == 4 and all(r["psnr"] == "" for r in rows)
     assert json.loads((run_dir / "summary.json").read_text())["ground_truth"] is False
