@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from training.networks import ARCHS, EDMPrecond, PatchEDMPrecond, SongUNet, build_network, position_grid
+from training.networks import (ARCHS, Conv2d, EDMPrecond, PatchEDMPrecond, SongUNet, UNetBlock, build_network,
+                               position_grid)
 
 
 def paper_net():
@@ -74,3 +75,41 @@ def test_position_grid_values():
     assert torch.allclose(g[0, 0, 0], torch.tensor([-1, -0.5, 0, 0.5, 1.0]))  # x: columns
     assert torch.allclose(g[0, 1, :, 0], torch.tensor([-1, 0, 1.0]))  # y: rows
     assert set(ARCHS) >= {"ddpmpp", "small", "tiny"}
+
+
+@pytest.mark.parametrize("kernel,up,down,fused", [(3, False, False, False), (1, False, False, False),
+                                                  (3, True, False, False), (1, False, True, False),
+                                                  (3, True, False, True), (3, False, True, True)])
+def test_conv_adds_its_bias_once_in_every_resampling_mode(kernel, up, down, fused):
+    """The bias goes into the last weighted convolution (or is added in place after the fused
+    down-sampling): output(bias) - output(no bias) is the bias at every pixel, in every mode."""
+    torch.manual_seed(0)
+    conv = Conv2d(4, 6, kernel=kernel, up=up, down=down, fused_resample=fused, init_bias=1)
+    conv.bias.data = torch.randn(6)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        with_bias = conv(x)
+        bias = conv.bias.data.clone()
+        conv.bias.data.zero_()
+        without = conv(x)
+    side = 16 if up else 4 if down else 8
+    assert with_bias.shape == (2, 6, side, side)
+    assert torch.allclose(with_bias - without, bias.reshape(1, -1, 1, 1).expand_as(without), atol=1e-5)
+
+
+@pytest.mark.parametrize("cin,cout,up,down,attention", [(8, 8, False, False, True), (8, 12, False, False, False),
+                                                        (8, 8, True, False, False), (8, 8, False, True, False)])
+def test_block_keeps_its_inputs_and_exact_gradients(cin, cout, up, down, attention):
+    """The block's in-place adds/scalings act only on its own fresh tensors: the inputs are
+    unchanged after a call and autograd's gradients match finite differences (float64)."""
+    torch.manual_seed(0)
+    block = UNetBlock(cin, cout, emb_channels=6, up=up, down=down, attention=attention, num_heads=1,
+                      skip_scale=0.5 ** 0.5, resample_proj=True, adaptive_scale=False,
+                      init_zero=dict(init_weight=1)).double().eval()
+    x = torch.randn(1, cin, 4, 4, dtype=torch.float64, requires_grad=True)
+    emb = torch.randn(1, 6, dtype=torch.float64, requires_grad=True)
+    x_copy, emb_copy = x.detach().clone(), emb.detach().clone()
+    with torch.no_grad():
+        block(x, emb)
+    assert torch.equal(x.detach(), x_copy) and torch.equal(emb.detach(), emb_copy)
+    assert torch.autograd.gradcheck(block, (x, emb), eps=1e-6, atol=1e-5)

@@ -94,25 +94,23 @@ class Conv2d(torch.nn.Module):
         f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
+        # The bias goes into the last convolution with weights (oneDNN adds it in the same
+        # pass; a separate out-of-place add cost ~5 % of the paper-size call on CPU, notes/speed.md).
         if self.fused_resample and self.up and w is not None:
             x = F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels,
                                    stride=2, padding=max(f_pad - w_pad, 0))
-            x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
-        elif self.fused_resample and self.down and w is not None:
+            return F.conv2d(x, w, b, padding=max(w_pad - f_pad, 0))
+        if self.fused_resample and self.down and w is not None:
             x = F.conv2d(x, w, padding=w_pad + f_pad)
             x = F.conv2d(x, f.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels, stride=2)
-        else:
-            if self.up:
-                x = F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]),
-                                       groups=self.in_channels, stride=2, padding=f_pad)
-            if self.down:
-                x = F.conv2d(x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels,
-                             stride=2, padding=f_pad)
-            if w is not None:
-                x = F.conv2d(x, w, padding=w_pad)
-        if b is not None:
-            x = x + b.reshape(1, -1, 1, 1)
-        return x
+            return x if b is None else x.add_(b.reshape(1, -1, 1, 1))  # in place on a fresh output
+        if self.up:
+            x = F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]),
+                                   groups=self.in_channels, stride=2, padding=f_pad)
+        if self.down:
+            x = F.conv2d(x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels,
+                         stride=2, padding=f_pad)
+        return F.conv2d(x, w, b, padding=w_pad) if w is not None else x
 
 
 @persistence.persistent_class
@@ -181,9 +179,12 @@ class UNetBlock(torch.nn.Module):
             scale, shift = params.chunk(2, dim=1)
             x = silu(torch.addcmul(shift, self.norm1(x), scale + 1))
         else:
-            x = silu(self.norm1(x + params))
+            x = silu(self.norm1(x.add_(params)))
+        # In-place adds and scalings below act on fresh convolution outputs that autograd
+        # does not keep: the paper code does the same, and each out-of-place op on a
+        # 25-patch activation costs a new allocation (page faults) on CPU.
         x = self.conv1(torch.nn.functional.dropout(x, p=self.dropout, training=self.training))
-        x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
+        x = x.add_(self.skip(orig) if self.skip is not None else orig).mul_(self.skip_scale)
         if self.num_heads:
             b, c, h, w = x.shape
             heads = self.num_heads
@@ -191,7 +192,7 @@ class UNetBlock(torch.nn.Module):
             q, k, v = self.qkv(self.norm2(x)).reshape(b * heads, c // heads, 3, h * w).unbind(2)
             a = torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (b*heads, hw, c/heads)
-            x = (self.proj(a.transpose(1, 2).reshape(b, c, h, w)) + x) * self.skip_scale
+            x = self.proj(a.transpose(1, 2).reshape(b, c, h, w)).add_(x).mul_(self.skip_scale)
         return x
 
 
