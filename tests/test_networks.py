@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from training.networks import (ARCHS, Conv2d, EDMPrecond, PatchEDMPrecond, SongUNet, UNetBlock, build_network,
-                               position_grid)
+from training.networks import (
+    ARCHS,
+    Conv2d,
+    EDMPrecond,
+    PatchEDMPrecond,
+    SongUNet,
+    UNetBlock,
+    build_network,
+    position_grid,
+)
 
 
 def paper_net():
