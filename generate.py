@@ -13,7 +13,7 @@ from __future__ import annotations
 import click
 import torch
 
-from inverse.cli import check_network, parse_pad, parse_size, run_or_fail
+from inverse.cli import check_network, parse_pad, parse_size, pick_prior, run_or_fail
 from inverse.generate import EDM_METHODS, parse_int_list
 from inverse.generate import run as generate_run
 from inverse.reconstruct import PRIOR_BUILDERS
@@ -35,7 +35,8 @@ def parse_seeds(ctx, param, value):
 @click.option("--steps", default=18, type=click.IntRange(min=1), help="Noise levels")
 @click.option("--sigma-min", default=0.002, type=float, help="Smallest noise level")
 @click.option("--sigma-max", default=80.0, type=float, help="Largest noise level")
-@click.option("--prior", default="patch", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser")
+@click.option("--prior", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser [default: "
+              "patch; whole for a checkpoint trained on whole images]")
 @click.option("--pad", callback=parse_pad, help="Zero padding per side, pixels: P or 'rows,cols' [default: chosen "
               "from --size, 24 for 256]")
 @click.option("--psize", type=click.IntRange(min=1), help="Patch size, pixels [default: chosen from --size and "
@@ -47,7 +48,8 @@ def parse_seeds(ctx, param, value):
 @click.option("--debug", is_flag=True, help="Show tracebacks")
 def main(debug, **opts):
     """Sample whole images from a patch prior and write them as a PNG grid."""
-    cfg = dict(opts, network=check_network(opts["network"]),
+    network = check_network(opts["network"])
+    cfg = dict(opts, network=network, prior=pick_prior(opts["prior"], network),
                device=opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     run_or_fail(generate_run, cfg, debug)
 

@@ -18,6 +18,7 @@ from inverse.cli import (
     parse_pad,
     parse_size,
     parse_window,
+    pick_prior,
     problem_options,
     run_or_fail,
     solver_options,
@@ -33,7 +34,8 @@ from inverse.samplers import SAMPLERS
 @click.option("--measurements", type=click.Path(exists=True), help="A .npy measurement file or directory (no ground truth)")
 @click.option("--problem", required=True, type=click.Choice(sorted(OPERATORS)), help="Forward model")
 @click.option("--solver", default="dds", type=click.Choice(sorted(SAMPLERS)), help="Inverse solver")
-@click.option("--prior", default="patch", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser")
+@click.option("--prior", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser [default: "
+              "patch; whole for a checkpoint trained on whole images]")
 @click.option("--baseline", "baselines", default="fbp,tv", callback=parse_baselines, help="Comma list or 'none'; fbp is the pseudo-inverse ('pinv', its name outside CT)")
 @click.option("--tv-weight", type=float, help="TV baseline weight [default: baseline's]")
 @click.option("--tv-iters", type=int, help="TV baseline iterations [default: baseline's]")
@@ -117,13 +119,14 @@ def main(input_, measurements, baselines, dry_run, debug, compile_, **opts):
     if opts["precision"] == "fp16" and not device.startswith("cuda"):
         raise click.BadParameter(f"fp16 needs a CUDA device (--device is {device}); use bf16 on CPU",
                                  param_hint="'--precision'")
+    network = check_network(opts["network"])
     cfg = dict(
-        network=check_network(opts["network"]), input=input_, measurements=measurements,
+        network=network, input=input_, measurements=measurements,
         image_size=opts["image_size"], mat_key=opts["mat_key"], normalize=opts["normalize"],
         max_images=opts["max_images"], hu_window=opts["hu_window"], problem=opts["problem"],
         noise=opts["noise"] if opts["noise"] is not None else (0.005 if opts["problem"].startswith("ct") else 0.01),
         problem_kwargs=problem_kwargs,
-        prior=opts["prior"], pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],
+        prior=pick_prior(opts["prior"], network), pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],
         precision=opts["precision"], channels_last=opts["channels_last"], compile=compile_,
         images_per_batch=opts["images_per_batch"], parallel_baselines=opts["parallel_baselines"],
         volume=opts["volume"], slab=opts["slab"], z_coupling=opts["z_coupling"],

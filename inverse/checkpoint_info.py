@@ -56,8 +56,16 @@ def prior_problem(info: dict, prior: str) -> str | None:
     """A reason why ``prior`` cannot use this network (for an error), or None."""
     if prior in ("patch", "average") and is_whole_image_network(info):
         return (f"this is a whole-image network (trained with patch_sizes ['whole']); prior '{prior}' "
-                "needs a patch network: use prior 'whole'")
+                "needs a patch network: use prior 'whole' (--prior whole)")
     return None
+
+
+def default_prior(info: dict) -> tuple[str, str | None]:
+    """The prior for a network when none is asked for: 'whole' for a whole-image network
+    (with a note saying so), else 'patch' (PaDIS)."""
+    if is_whole_image_network(info):
+        return "whole", "prior 'whole' chosen: the checkpoint was trained on whole images (patch_sizes ['whole'])"
+    return "patch", None
 
 
 def input_warnings(info: dict, prior: str, shape: tuple[int, int], psize: int | None) -> list[str]:

@@ -85,6 +85,18 @@ def check_network(value):
     return value
 
 
+def pick_prior(prior: str | None, network: str) -> str:
+    """--prior as given, or the checkpoint's kind (inverse.checkpoint_info.default_prior), with
+    a note on stderr when that is not the patch prior."""
+    if prior is not None:
+        return prior
+    from inverse.checkpoint_info import default_prior, training_info
+    prior, note = default_prior(training_info(network))
+    if note:
+        click.echo(f"note: {note}", err=True)
+    return prior
+
+
 def problem_options(opts: dict) -> dict:
     """Operator keyword arguments from the set problem options; one not taken by --problem is a usage error."""
     from inverse.operators import operator_options
