@@ -24,16 +24,25 @@ from inverse.cli import (
     solver_options,
 )
 from inverse.operators import OPERATORS
+from inverse.paper_cli import (
+    RECON_OPTIONS,
+    SOLVER_HINTS,
+    HintChoice,
+    PaperCommand,
+    apply_recon_options,
+    paper_options,
+    recon_summary,
+)
 from inverse.reconstruct import PRIOR_BUILDERS
 from inverse.samplers import SAMPLERS
 
 
-@click.command(context_settings=dict(show_default=True, help_option_names=["-h", "--help"]))
+@click.command(context_settings=dict(show_default=True, help_option_names=["-h", "--help"]), cls=PaperCommand)
 @click.option("--network", help="Checkpoint (.safetensors/.json/.pkl) [default: the one under checkpoints/]")
 @click.option("--input", "input_", type=click.Path(exists=True), help="Ground-truth image file or directory")
 @click.option("--measurements", type=click.Path(exists=True), help="A .npy measurement file or directory (no ground truth)")
-@click.option("--problem", required=True, type=click.Choice(sorted(OPERATORS)), help="Forward model")
-@click.option("--solver", default="dds", type=click.Choice(sorted(SAMPLERS)), help="Inverse solver")
+@click.option("--problem", type=click.Choice(sorted(OPERATORS)), help="Forward model  [required]")
+@click.option("--solver", default="dds", type=HintChoice(sorted(SAMPLERS), **SOLVER_HINTS), help="Inverse solver")
 @click.option("--prior", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser [default: "
               "patch; whole for a checkpoint trained on whole images]")
 @click.option("--baseline", "baselines", default="fbp,tv", callback=parse_baselines, help="Comma list or 'none'; fbp is the pseudo-inverse ('pinv', its name outside CT)")
@@ -104,8 +113,15 @@ from inverse.samplers import SAMPLERS
 @click.option("--resume", type=click.Path(exists=True, file_okay=False),
               help="Complete this earlier run directory (same options): skip finished images, redo the rest")
 @click.option("--debug", is_flag=True, help="Show tracebacks")
-def main(input_, measurements, baselines, dry_run, debug, compile_, **opts):
-    """Reconstruct images from simulated (--input) or given (--measurements) data with PaDIS."""
+@paper_options(RECON_OPTIONS)
+def main(**opts):
+    """Reconstruct images from simulated (--input) or given (--measurements) data with PaDIS.
+    The options of the paper's inverse_nodist.py work too (README: From the paper's code)."""
+    paper = apply_recon_options(click.get_current_context(), opts)
+    input_, measurements, baselines = opts.pop("input_"), opts.pop("measurements"), opts.pop("baselines")
+    dry_run, debug, compile_ = opts.pop("dry_run"), opts.pop("debug"), opts.pop("compile_")
+    if opts["problem"] is None:
+        raise click.UsageError("Missing option '--problem' (the paper's --name)")
     if (input_ is None) == (measurements is None):
         raise click.UsageError("give exactly one of --input (ground truth) or --measurements")
     if measurements is not None and opts["image_size"] is None:
@@ -125,6 +141,7 @@ def main(input_, measurements, baselines, dry_run, debug, compile_, **opts):
         image_size=opts["image_size"], mat_key=opts["mat_key"], normalize=opts["normalize"],
         max_images=opts["max_images"], hu_window=opts["hu_window"], problem=opts["problem"],
         noise=opts["noise"] if opts["noise"] is not None else (0.005 if opts["problem"].startswith("ct") else 0.01),
+        noise_absolute=opts["paper_noise_absolute"],
         problem_kwargs=problem_kwargs,
         prior=pick_prior(opts["prior"], network), pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],
         precision=opts["precision"], channels_last=opts["channels_last"], compile=compile_,
@@ -136,6 +153,8 @@ def main(input_, measurements, baselines, dry_run, debug, compile_, **opts):
         outdir=opts["outdir"], seed=opts["seed"], resume=opts["resume"],
         device=device,
     )
+    if paper:
+        click.echo(recon_summary(cfg, paper, opts["paper_notes"]), err=True)
     if dry_run:
         import json
         click.echo(json.dumps(cfg, indent=2))

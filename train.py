@@ -13,9 +13,9 @@ import sys
 import click
 
 from inverse.paper_cli import (
-    NORMALIZE,
     TRAIN_OPTIONS,
     HintChoice,
+    PaperCommand,
     apply_train_options,
     given,
     paper_options,
@@ -33,8 +33,8 @@ def _int_list(ctx, param, value):
         raise click.BadParameter(f"{value!r}; expected comma-separated integers") from None
 
 
-@click.command(context_settings=dict(show_default=True, max_content_width=110, help_option_names=["-h", "--help"],
-                                     **NORMALIZE))
+@click.command(context_settings=dict(show_default=True, max_content_width=110, help_option_names=["-h", "--help"]),
+               cls=PaperCommand)
 @click.option("--outdir", default="runs", metavar="DIR", help="Parent directory of the run directories.")
 @click.option("--data", required=True, metavar="PATH", help="Training images: directory, file or zip.")
 @click.option("--mat-key", default="images", help="Variable name in .mat/.npz files.")

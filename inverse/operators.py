@@ -153,12 +153,14 @@ class Operator:
         """Std of the noise that `noise` adds: `level` (images in [0, 1])."""
         return level
 
-    def noise(self, y: torch.Tensor, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """y + N(0, std^2) with std from `noise_std` (see the module docstring); level 0 returns y."""
+    def noise(self, y: torch.Tensor, level: float, generator: torch.Generator | None = None,
+              absolute: bool = False) -> torch.Tensor:
+        """y + N(0, std^2) with std from `noise_std` (see the module docstring), or std = `level`
+        in the measurement's own units with `absolute` (the paper's --sigma); level 0 returns y."""
         level = _float_opt("level", level, low_open=False)
         gen_device = generator.device if generator is not None else y.device
         n = torch.randn(y.shape, generator=generator, device=gen_device, dtype=torch.float32).to(y.device)
-        std = self.noise_std(y.detach(), level)
+        std = level if absolute else self.noise_std(y.detach(), level)
         return y + std * n
 
     def norm(self, iters: int = 200, tol: float = 1e-6) -> float:

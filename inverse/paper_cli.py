@@ -4,7 +4,7 @@ A paper user's command runs as typed: every option of the paper's two CLIs is ac
 the paper's meaning (mapped onto our options) or refused with one line saying why and what to
 use instead. Our option names stay the primary ones: the paper's spellings are hidden options
 (absent from ``--help``), and its underscore spellings (``--image_size``, ``--pad_width``,
-``--sigma_min``, ...) reach our hyphenated options through click's ``token_normalize_func``.
+``--sigma_min``, ...) reach our hyphenated options (:class:`PaperCommand`).
 
 A command that uses an option only the paper has is a *paper command*; then the CLI prints one
 line saying what runs (solver and step semantics), because some shared names mean something
@@ -19,15 +19,30 @@ from typing import Any, Callable
 import click
 from click.core import ParameterSource
 
-# Context setting for both CLIs: '--image_size' == '--image-size' (option names only).
-NORMALIZE = dict(token_normalize_func=lambda name: name.replace("_", "-"))
 PREFIX = "paper_"  # click parameter names of the hidden paper options
+
+
+def hyphenate(token: str) -> str:
+    """'--image_size=256' -> '--image-size=256': underscores of a long option's name only."""
+    if not token.startswith("--"):
+        return token
+    name, eq, value = token.partition("=")
+    return name.replace("_", "-") + eq + value
+
+
+class PaperCommand(click.Command):
+    """A click command that also takes the paper's underscore spellings of its long options
+    (``--image_size`` for ``--image-size``); values are left as typed."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        return super().parse_args(ctx, [hyphenate(a) for a in args[:end]] + args[end:])
 
 
 @dataclass(frozen=True)
 class PaperOption:
-    """One option that only the paper's CLI has: its flag (hyphenated; the underscore spelling
-    matches too), click type, and ``apply(value, opts, ctx)`` that maps a given value onto
+    """One option that only the paper's CLI has: its flag as the paper spells it (the hyphen
+    spelling matches too), click type, and ``apply(value, opts, ctx)`` that maps a given value onto
     our options (``opts``: the click values by parameter name) or raises :func:`refuse`."""
 
     flag: str
@@ -51,7 +66,7 @@ def paper_options(specs: list[PaperOption]):
     def decorate(f):
         for spec in reversed(specs):
             kw = dict(is_flag=True, default=None) if spec.is_flag else dict(type=spec.type, default=None)
-            f = click.option(spec.flag, spec.name, hidden=True, **kw)(f)
+            f = click.option(hyphenate(spec.flag), spec.name, hidden=True, **kw)(f)
         return f
     return decorate
 
@@ -73,11 +88,14 @@ def apply_paper_options(ctx: click.Context, opts: dict, specs: list[PaperOption]
     return used
 
 
-def set_option(opts: dict, ctx: click.Context, key: str, value: Any, paper_flag: str) -> None:
-    """Set our option ``key`` from a paper option, unless ours was given with another value."""
+def set_option(opts: dict, ctx: click.Context, key: str, value: Any, paper_flag: str,
+               ours: str | None = None) -> None:
+    """Set our option ``key`` (flag ``ours``) from a paper option, unless ours was given with
+    another value."""
+    ours = ours or "--" + key.replace("_", "-")
     if given(ctx, key) and opts[key] != value:
-        raise click.UsageError(f"{paper_flag} (the paper's option) sets --{key.replace('_', '-')} to {value}, "
-                               f"but --{key.replace('_', '-')} {opts[key]} was given too; give one of them")
+        raise click.UsageError(f"{paper_flag} (the paper's option) sets {ours} to {value}, "
+                               f"but {ours} {opts[key]} was given too; give one of them")
     opts[key] = value
 
 
@@ -137,15 +155,15 @@ TRAIN_OPTIONS = [
     PaperOption("--nosubdir", None, lambda value, opts, ctx: refuse(
         "--nosubdir", None, "padis writes every run into a new OUTDIR/NNNNN-DESC directory so that nothing "
         "is overwritten; name it with --desc"), is_flag=True),
-    PaperOption("--train-on-latents", click.BOOL, only("--train_on_latents", False, "latent-space training "
+    PaperOption("--train_on_latents", click.BOOL, only("--train_on_latents", False, "latent-space training "
                                                        "(an autoencoder) is not part of padis; train on pixels")),
     PaperOption("--progressive", click.BOOL, only("--progressive", False, "progressive patch sizes are not "
                                                   "implemented; choose them with --patch-sizes")),
-    PaperOption("--four-channels", int, only("--four_channels", 1, "only the paper's 2 position channels are "
+    PaperOption("--four_channels", int, only("--four_channels", 1, "only the paper's 2 position channels are "
                                              "implemented (its code: 'Always keep as 1')")),
-    PaperOption("--hash-channels", int, only("--hash_channels", 1, "only the paper's 2 position channels are "
+    PaperOption("--hash_channels", int, only("--hash_channels", 1, "only the paper's 2 position channels are "
                                              "implemented (its code: 'Always keep as 1')")),
-    PaperOption("--implicit-mlp", click.BOOL, _implicit_mlp),
+    PaperOption("--implicit_mlp", click.BOOL, _implicit_mlp),
 ]
 
 
@@ -186,3 +204,106 @@ class HintChoice(click.Choice):
         if value in self.hints:
             self.fail(f"{value!r}: {self.hints[value]}", param, ctx)
         return super().convert(value, param, ctx)
+
+
+# ----------------------------------------------------------------------------------------
+# inverse_nodist.py
+
+PAPER_PROBLEMS = {"ct_parbeam": "ct_parbeam", "ct_fanbeam": "ct_fanbeam", "lact": "ct_lact", "denoise": "denoise",
+                  "deblur_uniform": "deblur_uniform", "super": "super"}  # the paper's --name -> our --problem
+NO_EFFECT = "has no effect (the paper's dps ignores it too)"  # the EDM sampler knobs S_churn ... S_noise
+
+
+def _to(flag: str, key: str, ours: str, convert: Callable[[Any], Any] = lambda v: v):
+    """``apply`` that sets our option ``key`` (shown as ``ours``) from paper option ``flag``."""
+    def apply(value, opts, ctx):
+        set_option(opts, ctx, key, convert(value), flag, ours)
+    return apply
+
+
+def _if_problem(flag: str, prefix: str, key: str, ours: str):
+    """The paper passes --blursize/--scale whatever the problem; they set ours where they apply."""
+    def apply(value, opts, ctx):
+        if (opts["problem"] or "").startswith(prefix):
+            set_option(opts, ctx, key, value, flag, ours)
+    return apply
+
+
+def _sigma(value, opts, ctx):
+    set_option(opts, ctx, "noise", value, "--sigma", "--noise")
+    opts["paper_noise_absolute"] = True
+
+
+def _note(text: str):
+    def apply(value, opts, ctx):
+        opts["paper_notes"].append(text)
+    return apply
+
+
+def _unusable(flag: str):
+    why = ("the paper's inverse_nodist.py hands it to its dps(), which takes no such argument (a TypeError "
+           "there); padis' schedule is EDM's with rho 7, set by --steps/--sigma-min/--sigma-max")
+    return lambda value, opts, ctx: refuse(flag, value, why)
+
+
+RECON_OPTIONS = [
+    PaperOption("--image_dir", click.Path(exists=True), _to("--image_dir", "input_", "--input")),
+    PaperOption("--name", click.Choice(sorted(PAPER_PROBLEMS)), _to("--name", "problem", "--problem", PAPER_PROBLEMS.get)),
+    PaperOption("--sigma", click.FloatRange(min=0), _sigma),
+    PaperOption("--blursize", click.IntRange(min=1), _if_problem("--blursize", "deblur", "kernel_size", "--kernel-size")),
+    PaperOption("--scale", click.IntRange(min=1), _if_problem("--scale", "super", "factor", "--factor")),
+    PaperOption("--channels", click.IntRange(min=1), _note("--channels: padis takes the channel count from the "
+                                                           "network (the images must have it)")),
+    PaperOption("--class", click.IntRange(min=0), lambda value, opts, ctx: refuse(
+        "--class", value, "padis priors are unconditional (label_dim 0), as the paper's CT prior; drop it")),
+    PaperOption("--rho", click.FloatRange(min=0, min_open=True), only("--rho", 7, "padis' noise schedule is "
+                                                                      "EDM's with rho 7 (the paper's default)")),
+    *(PaperOption(flag, float, _note(f"{flag} {NO_EFFECT}"))
+      for flag in ("--S_churn", "--S_min", "--S_max", "--S_noise")),
+    *(PaperOption(flag, str, _unusable(flag)) for flag in ("--disc", "--schedule", "--scaling")),
+]
+SOLVER_HINTS = dict(euler="the paper's --solver euler|heun is an ODE-solver ablation its dps never uses; here "
+                          "--solver picks the inverse solver (dps is the paper's)")
+SOLVER_HINTS["heun"] = SOLVER_HINTS["euler"]
+
+
+def apply_recon_options(ctx: click.Context, opts: dict) -> list[str]:
+    """Map the paper's inverse_nodist.py options onto ours (:data:`RECON_OPTIONS`). In a paper
+    command the paper's solver and step run unless ours are given: --solver dps, --dc-step
+    paper, measurement noise an absolute std (--sigma, default 0), baseline fbp. Leaves
+    ``paper_noise_absolute`` and ``paper_notes`` in ``opts``."""
+    opts["paper_noise_absolute"] = False
+    opts["paper_notes"] = []
+    used = apply_paper_options(ctx, opts, RECON_OPTIONS)
+    if not used:
+        return used
+    if not given(ctx, "solver"):
+        opts["solver"] = "dps"
+    if opts["solver"] == "dps" and opts["dc_step"] is None:
+        opts["dc_step"] = "paper"
+    if opts["noise"] is None:
+        opts["noise"], opts["paper_noise_absolute"] = 0.0, True
+    if not given(ctx, "baselines"):
+        opts["baselines"] = ["fbp"]
+    return used
+
+
+def recon_summary(cfg: dict, used: list[str], notes: list[str]) -> str:
+    """The line a paper command prints: the solver and step semantics that run."""
+    from inverse.samplers import SCHEDULE_DEFAULTS, ZETA_DEFAULTS, sampler_options
+
+    kw = {**sampler_options(cfg["solver"]), **cfg["solver_kwargs"]}
+    sched = {k: cfg[k] if cfg[k] is not None else v for k, v in SCHEDULE_DEFAULTS[cfg["solver"]].items()}
+    if cfg["solver"] == "dps" and kw["dc_step"] == "paper":
+        zeta = kw["zeta"] if kw["zeta"] is not None else ZETA_DEFAULTS["paper"]
+        solver = (f"solver dps with the paper's step (x -= {zeta:g} * grad ||y - A D(x)||, then (t^2/4) score "
+                  f"+ t/sqrt2 z; start clamp(pinv(y)); {kw['inner']} inner iterations)")
+    elif cfg["solver"] == "dps":
+        solver = "solver dps with padis' Landweber step (--zeta is a fraction of 1/||A||^2)"
+    else:
+        solver = f"solver {cfg['solver']} (not the paper's)"
+    noise = (f"measurement noise std {cfg['noise']:g} (absolute, --sigma)" if cfg.get("noise_absolute")
+             else f"measurement noise level {cfg['noise']:g} (--noise)")
+    return (f"paper command ({', '.join(used)}): {solver}, {sched['steps']} levels {sched['sigma_max']:g} -> "
+            f"{sched['sigma_min']:g}, {noise}; " + "".join(n + "; " for n in notes)
+            + "padis' own default is --solver dds (README: From the paper's code)")

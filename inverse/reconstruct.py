@@ -11,6 +11,7 @@ writes to ``config.json``). Keys (all present; ``None`` means "library default")
                    [HU min, HU max] -> [0, 1]; None: training.ct_window's default)
     problem        key of inverse.operators.OPERATORS; problem_kwargs: its options
     noise          measurement noise level passed to op.noise (0: none; see inverse.operators)
+    noise_absolute True: noise is the std in the measurement's own units (the paper's --sigma)
     prior          'patch' | 'whole' | 'average'; pad, psize, stride, batch: its geometry
                    (pad: int or [rows, cols]; pad/psize None: chosen per image size from the
                    network's trained patch sizes, recorded as ``grid`` {"HxW": {pad, psize,
@@ -477,7 +478,7 @@ def run(cfg: dict) -> dict:
                     if has_gt:
                         y = op.A(torch.from_numpy(arr)[None].to(device))
                         if cfg["noise"]:
-                            y = op.noise(y, cfg["noise"], gen)
+                            y = op.noise(y, cfg["noise"], gen, absolute=cfg.get("noise_absolute", False))
                     else:
                         y = torch.from_numpy(arr)[None].to(device)
                 writer.save_measurement(name, y[0].detach().cpu().numpy())

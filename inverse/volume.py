@@ -202,7 +202,7 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
     with torch.no_grad():
         y = op.A(torch.from_numpy(gt)[:, None].to(device))
         if cfg["noise"]:
-            y = op.noise(y, cfg["noise"], gen)
+            y = op.noise(y, cfg["noise"], gen, absolute=cfg.get("noise_absolute", False))
     results, secs = {}, {}
     for b in cfg["baselines"]:
         kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))

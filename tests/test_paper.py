@@ -269,3 +269,97 @@ def test_transfer_fine_tunes_and_resumes_exactly(train_data, tmp_path):
     assert any(not torch.equal(a["net"][k], v) for k, v in src.state_dict().items())  # fine-tuned
     for key in ("net", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) and torch.equal(a[key][k], c[key][k]) for k in a[key]), key
+
+
+# ----------------------------------------------------------------------------------------
+# inverse_nodist.py: the paper's README command and every paper option
+
+README_RECON = ("--outdir=results --image_dir=image_dir --image_size=256 --views=20 --name=ct_parbeam --steps=100 "
+                "--sigma_min=0.003 --sigma_max=10 --zeta=0.3 --pad=24 --psize=56").split()
+
+
+def _recon(assets, cwd, *args, expect=0):
+    (cwd / "image_dir").mkdir(exist_ok=True)
+    for f in Path(assets["images"]).iterdir():
+        if not (cwd / "image_dir" / f.name).exists():
+            (cwd / "image_dir" / f.name).symlink_to(f)
+    with CliRunner().isolated_filesystem(temp_dir=cwd) as here:
+        Path(here, "image_dir").symlink_to(cwd / "image_dir")
+        res = CliRunner().invoke(inverse_nodist.main, [f"--network={assets['net']}", *map(str, args)])
+        assert res.exit_code == expect, res.output
+        return res, Path(here)
+
+
+def test_readme_recon_command_verbatim(assets, tmp_path):
+    """The paper README's reconstruction command as typed: the paper's solver, step, schedule,
+    geometry and noise (dry run: 256 x 256 at 100 x 10 iterations is not for a test)."""
+    res, _ = _recon(assets, tmp_path, *README_RECON, "--dry-run")
+    cfg = json.loads(res.stdout)
+    assert (cfg["problem"], cfg["problem_kwargs"], cfg["image_size"]) == ("ct_parbeam", {"views": 20}, [256, 256])
+    assert (cfg["solver"], cfg["solver_kwargs"]) == ("dps", {"zeta": 0.3, "dc_step": "paper"})
+    assert (cfg["steps"], cfg["sigma_min"], cfg["sigma_max"], cfg["pad"], cfg["psize"]) == (100, 0.003, 10, 24, 56)
+    assert (cfg["noise"], cfg["noise_absolute"], cfg["baselines"]) == (0, True, ["fbp"])
+    assert cfg["input"].endswith("image_dir") and cfg["outdir"] == "results"
+    assert res.stderr == ("paper command (--image_dir, --name): solver dps with the paper's step (x -= 0.3 * grad "
+                          "||y - A D(x)||, then (t^2/4) score + t/sqrt2 z; start clamp(pinv(y)); 10 inner "
+                          "iterations), 100 levels 10 -> 0.003, measurement noise std 0 (absolute, --sigma); "
+                          "padis' own default is --solver dds (README: From the paper's code)\n")
+
+
+@pytest.mark.slow
+def test_readme_recon_command_runs_at_tiny_size(assets, tmp_path):
+    """The same command on 32 x 32 images with a few iterations (our options appended), and
+    --sigma as the absolute std of the measurement noise (default 0, as in the paper)."""
+    tiny = ["--image_size=32", "--pad=4", "--psize=12", "--steps=2", "--inner=1", "--max-images=1"]
+    _, here = _recon(assets, tmp_path, *README_RECON, *tiny)
+    (run,) = (here / "results").iterdir()
+    assert run.name == "00000-ct_parbeam-dps"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["solver_kwargs"] == {"zeta": 0.3, "dc_step": "paper", "inner": 1} and cfg["noise_absolute"]
+    assert np.isfinite(np.load(run / "img0_recon.npy")).all()
+    clean = np.load(run / "img0_measurement.npy")
+    _, here = _recon(assets, tmp_path, *README_RECON, *tiny, "--sigma=0.5", "--steps=1")
+    noisy = np.load(next((here / "results").iterdir()) / "img0_measurement.npy")
+    assert abs(float(np.std(noisy - clean)) - 0.5) < 0.03  # absolute std, not relative to max |y|
+    assert float(np.abs(clean).max()) > 5  # (relative noise 0.5 would be ten times larger)
+
+
+@pytest.mark.parametrize("args, key, value", [
+    (["--name=lact"], "problem", "ct_lact"),
+    (["--name=deblur_uniform", "--blursize=5"], "problem_kwargs", {"kernel_size": 5}),
+    (["--name=ct_parbeam", "--blursize=31", "--scale=2"], "problem_kwargs", {}),  # not this problem's: unused
+    (["--name=super", "--scale=4"], "problem_kwargs", {"factor": 4}),
+    (["--name=denoise", "--sigma=0.1"], "noise", 0.1),
+    (["--name=denoise", "--channels=1", "--rho=7", "--S_churn=40", "--S_min=0", "--S_max=1", "--S_noise=1"],
+     "solver", "dps"),
+    (["--name=denoise", "--solver", "dds"], "solver_kwargs", {}),  # ours given: ours runs
+    (["--name=denoise", "--dc-step", "landweber"], "solver_kwargs", {"dc_step": "landweber"}),
+    (["--problem=denoise", "--image_size=32", "--sigma_min=0.01", "--sigma_max=2"], "sigma_max", 2),  # spellings
+])
+def test_paper_recon_options_accepted(assets, tmp_path, args, key, value):
+    res, _ = _recon(assets, tmp_path, "--image_dir=image_dir", *args, "--dry-run")
+    assert json.loads(res.stdout)[key] == value
+    assert res.stderr.startswith("paper command (--image_dir")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--class=3"], "--class=3 (the paper's option): padis priors are unconditional"),
+    (["--rho=5"], "--rho=5.0 (the paper's option): padis' noise schedule is EDM's with rho 7"),
+    (["--disc=vp"], "--disc=vp (the paper's option): the paper's inverse_nodist.py hands it to its dps()"),
+    (["--schedule=ve"], "--schedule=ve (the paper's option): the paper's inverse_nodist.py hands it"),
+    (["--scaling=none"], "--scaling=none (the paper's option): the paper's inverse_nodist.py hands it"),
+    (["--solver=euler"], "'euler': the paper's --solver euler|heun is an ODE-solver ablation its dps never uses"),
+    (["--problem=ct_fanbeam"], "--name (the paper's option) sets --problem to denoise, but --problem ct_fanbeam"),
+    (["--noise=0.2", "--sigma=0.1"], "--sigma (the paper's option) sets --noise to 0.1, but --noise 0.2"),
+])
+def test_paper_recon_options_refused_in_one_line(assets, tmp_path, args, words):
+    res, _ = _recon(assets, tmp_path, "--image_dir=image_dir", "--name=denoise", *args, "--dry-run", expect=2)
+    error = [line for line in res.output.splitlines() if line.startswith("Error")]
+    assert len(error) == 1 and words in error[0], res.output
+
+
+def test_recon_help_keeps_our_names():
+    text = CliRunner().invoke(inverse_nodist.main, ["--help"]).output
+    assert "--input" in text and "--problem" in text and "--sigma-min" in text and "--dc-step" in text
+    for paper_only in ("--image_dir", "--name", "--blursize", "--S_churn", "--sigma_min", "--class", "--disc"):
+        assert paper_only not in text
