@@ -16,7 +16,7 @@ import torch
 from inverse.cli import check_network, parse_pad, parse_size, pick_prior, run_or_fail
 from inverse.generate import EDM_METHODS, parse_int_list
 from inverse.generate import run as generate_run
-from inverse.reconstruct import PRIOR_BUILDERS
+from inverse.prior import PRIOR_BUILDERS
 
 
 def parse_seeds(ctx, param, value):

@@ -2,7 +2,7 @@
 
     python inverse_nodist.py --network net.safetensors --input data/test --problem ct_parbeam --views 20
 
-Parses and validates options, builds one config dict and calls ``inverse.reconstruct.run``.
+Parses and validates options, builds one ``inverse.config.ReconConfig`` and calls ``inverse.reconstruct.run``.
 Exit codes: 2 usage errors, 1 failures (one line; the traceback only with --debug), also when
 some inputs failed and the others were reconstructed (listed in summary.json and on stderr).
 """
@@ -23,6 +23,7 @@ from inverse.cli import (
     run_or_fail,
     solver_options,
 )
+from inverse.config import ReconConfig
 from inverse.operators import OPERATORS
 from inverse.paper_cli import (
     RECON_OPTIONS,
@@ -33,7 +34,7 @@ from inverse.paper_cli import (
     paper_options,
     recon_summary,
 )
-from inverse.reconstruct import PRIOR_BUILDERS
+from inverse.prior import PRIOR_BUILDERS
 from inverse.samplers import SAMPLERS
 
 
@@ -136,12 +137,11 @@ def main(**opts):
         raise click.BadParameter(f"fp16 needs a CUDA device (--device is {device}); use bf16 on CPU",
                                  param_hint="'--precision'")
     network = check_network(opts["network"])
-    cfg = dict(
+    cfg = ReconConfig(
         network=network, input=input_, measurements=measurements,
         image_size=opts["image_size"], mat_key=opts["mat_key"], normalize=opts["normalize"],
         max_images=opts["max_images"], hu_window=opts["hu_window"], problem=opts["problem"],
-        noise=opts["noise"] if opts["noise"] is not None else (0.005 if opts["problem"].startswith("ct") else 0.01),
-        noise_absolute=opts["paper_noise_absolute"],
+        noise=opts["noise"], noise_absolute=opts["paper_noise_absolute"],
         problem_kwargs=problem_kwargs,
         prior=pick_prior(opts["prior"], network), pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],
         precision=opts["precision"], channels_last=opts["channels_last"], compile=compile_,
@@ -154,10 +154,10 @@ def main(**opts):
         device=device,
     )
     if paper:
-        click.echo(recon_summary(cfg, paper, opts["paper_notes"]), err=True)
+        click.echo(recon_summary(cfg.resolved().to_dict(), paper, opts["paper_notes"]), err=True)
     if dry_run:
         import json
-        click.echo(json.dumps(cfg, indent=2))
+        click.echo(json.dumps(cfg.resolved().to_dict(), indent=2))
         return
     from inverse.reconstruct import run
     summary = run_or_fail(run, cfg, debug)

@@ -105,7 +105,7 @@ def run_row(bench: Path, label: str, network: str, prior: str, psize: int, pad: 
     inputs = bq.stage_images(files, bench / "inputs")
     cfg = bq.cell_config(PROBLEM, method, dict(patch=network, whole=network), inputs, bench / "runs", device, seed,
                          dict(pad=pad, psize=psize, steps=steps))
-    cfg.update(prior=prior, baselines=[], network=network)
+    cfg = cfg.replace(prior=prior, baselines=[], network=network)
     t0 = time.perf_counter()
     summary = run(cfg)
     s = summary["methods"]["padis"]

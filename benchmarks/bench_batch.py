@@ -37,18 +37,18 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_quality as bq  # noqa: E402  (after the path inserts)
 
-from inverse.demo import HELD_OUT, TUNING_SLICE, stage_images  # noqa: E402
+from inverse.cases import HELD_OUT, eval_slice_files, stage_images  # noqa: E402
+from inverse.config import ReconConfig  # noqa: E402
 
 
-def run_config(network: str, inputs: Path, outdir: Path, k: int, steps: int, device: str) -> dict:
+def run_config(network: str, inputs: Path, outdir: Path, k: int, steps: int, device: str) -> ReconConfig:
     """``inverse.reconstruct.run`` config: the quality benchmark's 20-view CT dds cell with
     ``steps`` levels, K images per call and no baselines."""
     cfg = bq.cell_config("ct_parbeam_20", "dds", dict(patch=network), inputs, outdir, device, 0, {})
-    cfg.update(steps=steps, images_per_batch=k, baselines=[])
-    return cfg
+    return cfg.replace(steps=steps, images_per_batch=k, baselines=[])
 
 
-def measure(cfg: dict, device: torch.device) -> dict:
+def measure(cfg: ReconConfig, device: torch.device) -> dict:
     """Run once; solve seconds, calls per image and peak memory (CUDA) of the run."""
     from inverse.reconstruct import run
     if device.type == "cuda":
@@ -57,7 +57,7 @@ def measure(cfg: dict, device: torch.device) -> dict:
     n = summary["n_images"]
     seconds = summary["methods"]["padis"]["seconds_per_image"]["mean"] * n
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return dict(k=cfg["images_per_batch"], images=n, solve_seconds=seconds, images_per_s=n / seconds,
+    return dict(k=cfg.images_per_batch, images=n, solve_seconds=seconds, images_per_s=n / seconds,
                 calls_per_image=summary["denoiser_calls_per_image"]["mean"],
                 psnr=summary["methods"]["padis"]["psnr"]["mean"], peak_mib=peak)
 
@@ -103,7 +103,7 @@ def main(network, arch, ks_text, n_images, steps, device, threads, out):
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    files = [f for f in sorted(HELD_OUT.glob("slice_*.png")) if f.stem != TUNING_SLICE][:n_images]
+    files = eval_slice_files()[:n_images]
     if len(files) < n_images:
         raise click.BadParameter(f"{n_images}: only {len(files)} held-out slices in {HELD_OUT}",
                                  param_hint="'--images'")

@@ -40,15 +40,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inverse.demo import CASES, stage_images  # noqa: E402  (after the path insert, as in the other benchmarks)
+from inverse.cases import CASES, EVAL_SLICES, Case, stage_images  # noqa: E402  (after the path insert, as in the other benchmarks)
+from inverse.config import ReconConfig  # noqa: E402
 from torch_utils import misc  # noqa: E402
 
-# problem name -> (operator, options, noise, TV weight, dds lam). The demo's cases plus 8-view CT;
-# weights tuned on slice 004 (benchmarks/tune_tv.py --set quality).
+# problem name -> its Case (inverse.cases; the inputs are --images, not the case's source). The
+# demo's cases plus 8-view CT; weights tuned on slice 004 (benchmarks/tune_tv.py --set quality).
 PROBLEMS = {
-    "ct_parbeam_20": CASES["ct_parbeam_20"][:1] + CASES["ct_parbeam_20"][2:],
-    "ct_parbeam_8": ("ct_parbeam", dict(views=8), 0.005, 1e-3, 0.01),
-    **{k: CASES[k][:1] + CASES[k][2:] for k in ("ct_fanbeam_40", "ct_lact_120deg", "deblur_uniform_9", "super_x4")},
+    "ct_parbeam_20": CASES["ct_parbeam_20"],
+    "ct_parbeam_8": Case("ct_parbeam", EVAL_SLICES, dict(views=8), 0.005, 1e-3, 0.01),
+    **{k: CASES[k] for k in ("ct_fanbeam_40", "ct_lact_120deg", "deblur_uniform_9", "super_x4")},
 }
 
 TV_ITERS = 2000  # PDHG iterations: run to convergence (500 lost ~1 dB on 20-view CT)
@@ -99,24 +100,23 @@ def select_images(images: Path, exclude: list[str], n: int | None) -> list[Path]
 
 
 def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir: Path, device: str,
-                seed: int, caps: dict) -> dict:
+                seed: int, caps: dict) -> ReconConfig:
     """The ``inverse.reconstruct.run`` config of one (problem, method) cell."""
-    op, options, noise, tv_weight, lam = PROBLEMS[problem]
+    case = PROBLEMS[problem]
     m = METHODS[method]
     kwargs = dict(m["kwargs"])
     if m["solver"] == "dds":
-        kwargs["lam"] = lam
+        kwargs["lam"] = case.lam
     steps = m["steps"] if caps.get("steps") is None else min(m["steps"], caps["steps"])
     if "inner" in kwargs and caps.get("inner") is not None:
         kwargs["inner"] = min(kwargs["inner"], caps["inner"])
-    return dict(network=networks[m.get("network", "patch")], input=str(inputs), measurements=None,
-                image_size=None, mat_key="images", normalize=False, max_images=None, problem=op,
-                noise=noise, problem_kwargs=dict(options), prior=m["prior"], stride=None, batch=None,
-                pad=caps.get("pad", PAPER["pad"]), psize=caps.get("psize", PAPER["psize"]), solver=m["solver"], steps=steps, sigma_min=0.003, sigma_max=m["sigma_max"],
-                solver_kwargs=kwargs,
-                baselines=["fbp", "tv"] if method == DEFAULT_METHOD else [], tv_weight=tv_weight,
-                tv_iters=caps.get("tv_iters") or TV_ITERS, outdir=str(outdir), seed=seed, device=device,
-                progress=False)
+    return ReconConfig(network=networks[m.get("network", "patch")], input=str(inputs), problem=case.problem,
+                       noise=case.noise, problem_kwargs=dict(case.options), prior=m["prior"],
+                       pad=caps.get("pad", PAPER["pad"]), psize=caps.get("psize", PAPER["psize"]),
+                       solver=m["solver"], steps=steps, sigma_min=0.003, sigma_max=m["sigma_max"],
+                       solver_kwargs=kwargs, baselines=["fbp", "tv"] if method == DEFAULT_METHOD else [],
+                       tv_weight=case.tv_weight, tv_iters=caps.get("tv_iters") or TV_ITERS, outdir=str(outdir),
+                       seed=seed, device=device, progress=False)
 
 
 def per_image(run_dir: str | Path, source: str) -> dict[str, dict] | None:

@@ -2,7 +2,7 @@
 
     python benchmarks/tune_tv.py --slice datasets/ct_head/test/slice_004.png --iters 500
 
-For each demo case (``inverse.demo.CASES``) simulates y from the slice with the case's noise
+For each demo case (``inverse.cases.CASES``) simulates y from the slice with the case's noise
 level and seed 0, runs PDHG-TV for every weight of ``--weights`` and prints PSNR/SSIM per
 weight plus the best one; writes JSON (``--out``). A weak TV baseline flatters PaDIS, so the
 benchmarks use the weight found here and run TV to convergence.
@@ -26,32 +26,32 @@ sys.path.insert(0, str(REPO))
               type=click.Path(exists=True, dir_okay=False), help="Tuning image (excluded from evaluation).")
 @click.option("--weights", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2", help="Comma list of TV weights.")
 @click.option("--iters", default=500, type=click.IntRange(min=1), help="PDHG iterations.")
-@click.option("--cases", default=None, help="Comma list of inverse.demo.CASES names [default: all].")
+@click.option("--cases", default=None, help="Comma list of inverse.cases.CASES names [default: all].")
 @click.option("--set", "case_set", type=click.Choice(["demo", "quality"]), default="demo", show_default=True,
-              help="Cases of inverse.demo.CASES, or problems of benchmarks/bench_quality.py's PROBLEMS.")
+              help="Cases of inverse.cases.CASES, or problems of benchmarks/bench_quality.py's PROBLEMS.")
 @click.option("--out", default=str(REPO / "benchmarks/results/tune_tv.json"), type=click.Path(dir_okay=False))
 def main(slice_path, weights, iters, cases, case_set, out):
     from inverse.baselines import tv
-    from inverse.demo import CASES
+    from inverse.cases import CASES
     from inverse.metrics import psnr, ssim
     from inverse.operators import make_operator
     from training.dataset import read_images
 
-    table = {k: (v[0], v[2], v[3]) for k, v in CASES.items()}  # name -> (problem, options, noise)
+    table = CASES
     if case_set == "quality":
         sys.path.insert(0, str(REPO / "benchmarks"))
         from bench_quality import PROBLEMS
-        table = {k: v[:3] for k, v in PROBLEMS.items()}
+        table = PROBLEMS
     names = [c for c in (cases.split(",") if cases else table)]
     ws = [float(w) for w in weights.split(",")]
     (_, image), = read_images(slice_path)
     x = torch.from_numpy(image)[None]
     report = dict(slice=str(slice_path), iters=iters, cases={})
     for name in names:
-        problem, options, noise = table[name]
-        op = make_operator(problem, tuple(image.shape[1:]), channels=image.shape[0], **options)
+        case = table[name]
+        op = make_operator(case.problem, tuple(image.shape[1:]), channels=image.shape[0], **case.options)
         gen = torch.Generator().manual_seed(0)
-        y = op.noise(op.A(x), noise, gen)
+        y = op.noise(op.A(x), case.noise, gen)
         rows = []
         for w in ws:
             with torch.no_grad():

@@ -5,6 +5,7 @@ Problems are ``click`` usage errors (exit code 2) with one line naming the optio
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -126,12 +127,31 @@ def solver_options(opts: dict) -> dict:
     return out
 
 
-def run_or_fail(fn, cfg: dict, debug: bool):
+def run_or_fail(fn, cfg, debug: bool):
     """Call ``fn(cfg)``; any failure becomes one ``Error: ...`` line and exit code 1 (the
-    traceback only with ``debug``)."""
+    traceback only with ``debug``), the parameter names in it spelled as the running command's
+    flags (:func:`to_flags`)."""
     try:
         return fn(cfg)
     except Exception as exc:
         if debug:
             raise
-        raise click.ClickException(str(exc) or type(exc).__name__) from None
+        raise click.ClickException(to_flags(str(exc) or type(exc).__name__)) from None
+
+
+def to_flags(message: str, ctx: click.Context | None = None) -> str:
+    """Library errors name parameters (``image_size``, ``resume=DIR``); a command-line user
+    knows them as flags: ``name=`` and every ``snake_case`` name of an option of the running
+    command (``ctx``, default the current one) become its flag (``--image-size``)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is None:
+        return message
+    for param in ctx.command.params:
+        flags = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+        if not flags:
+            continue
+        name = flags[0][2:].replace("-", "_")
+        message = re.sub(rf"(?<![\w-]){name}=", flags[0] + " ", message)
+        if "_" in name:
+            message = re.sub(rf"(?<![\w-]){name}\b", flags[0], message)
+    return message

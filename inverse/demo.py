@@ -12,27 +12,21 @@ Settings are the CPU-budget ones (the ``dds`` solver, 20 noise levels, see ``DEM
 not the paper's DPS with 100 levels x 10 inner iterations (~1000 network calls per image);
 README.md says what that costs. TV weights were chosen on held-out slice 004 with
 ``benchmarks/tune_tv.py``; TV runs ``TV_ITERS`` PDHG iterations, in a thread beside the PaDIS
-solve (``parallel_baselines``: 238 -> 209 s for the whole demo on 2 cores, the same results), so
-the table's seconds are wall times while the two share the CPU.
+solve (``parallel_baselines``: faster on CPU, the same results), so the table's seconds are
+wall times while the two share the CPU. The cases and their tuned settings: inverse.cases.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import click
 import torch
 
-from inverse.shipped import ct_head_dir
+from inverse.cases import CASES, EVAL_SLICES, stage_eval_slices
+from inverse.config import ReconConfig
 from torch_utils import misc
-
-REPO = Path(__file__).resolve().parents[1]
-HELD_OUT = (ct_head_dir() or REPO / "datasets" / "ct_head") / "test"  # a checkout's, or the installed copy
-ONE_SLICE = HELD_OUT / "slice_049.png"
-TUNING_SLICE = "slice_004"  # TV weights and dds lam were chosen on it: never evaluated
-EVAL_SLICES = "held-out"  # CASES' marker for "every held-out slice except TUNING_SLICE"
 
 # The solver settings of the demo (and of the CLI default): x0-space DDS, 20 levels from
 # pinv(y) + noise at sigma_max, CG data consistency, no backpropagation through the network.
@@ -40,43 +34,20 @@ DEMO_SOLVER = dict(solver="dds", steps=20, sigma_min=0.003, sigma_max=1.0,
                    solver_kwargs=dict(cg_iters=5, eta=1.0, init="pinv"))
 TV_ITERS = 500
 
-# name -> (problem, input, problem options, noise level, TV weight, dds lam). TV weights and
-# lam were chosen on held-out slice 004 (benchmarks/tune_tv.py, benchmarks/tune_solver.py).
-CASES = {
-    "ct_parbeam_20": ("ct_parbeam", EVAL_SLICES, dict(views=20), 0.005, 1e-3, 0.01),
-    "ct_fanbeam_40": ("ct_fanbeam", ONE_SLICE, dict(views=40), 0.005, 1e-3, 0.01),
-    "ct_lact_120deg": ("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, 3e-4, 0.003),
-    "deblur_uniform_9": ("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, 1e-3, 0.1),
-    "super_x4": ("super", ONE_SLICE, dict(factor=4), 0.01, 3e-2, 0.01),
-}
 
-
-def stage_images(files, folder: Path) -> Path:
-    """Copy ``files`` into ``folder`` (runs read a directory); files already there are kept."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        if not (folder / f.name).exists():
-            shutil.copy2(f, folder / f.name)
-    return folder
-
-
-def stage_eval_slices(folder: Path) -> Path:
-    """Copy the held-out slices except the tuning slice into ``folder``."""
-    return stage_images([f for f in sorted(HELD_OUT.glob("slice_*.png")) if f.stem != TUNING_SLICE], folder)
-
-
-def case_config(name: str, network: str, outdir: Path, device: str, seed: int, pad: int, psize: int) -> dict:
-    problem, source, options, noise, tv_weight, lam = CASES[name]
+def case_config(name: str, network: str, outdir: Path, device: str, seed: int, pad: int, psize: int) -> ReconConfig:
+    """The run config of demo case ``name`` (inverse.cases.CASES)."""
+    case = CASES[name]
+    source = case.source
     if source == EVAL_SLICES:
         source = stage_eval_slices(Path(outdir) / "inputs")
-    cfg = dict(network=network, input=str(source), measurements=None, image_size=None, mat_key="images",
-               normalize=False, max_images=None, problem=problem, noise=noise, problem_kwargs=dict(options),
-               prior="patch", pad=pad, psize=psize, stride=None, batch=None,
-               baselines=["fbp", "tv"], tv_weight=tv_weight, tv_iters=TV_ITERS, parallel_baselines=True,
-               outdir=str(outdir), seed=seed, device=device)
-    cfg.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in DEMO_SOLVER.items()})
-    cfg["solver_kwargs"]["lam"] = lam
-    return cfg
+    solver_kwargs = dict(DEMO_SOLVER["solver_kwargs"], lam=case.lam)
+    return ReconConfig(network=network, input=str(source), problem=case.problem, noise=case.noise,
+                       problem_kwargs=dict(case.options), prior="patch", pad=pad, psize=psize,
+                       baselines=["fbp", "tv"], tv_weight=case.tv_weight, tv_iters=TV_ITERS,
+                       parallel_baselines=True, outdir=str(outdir), seed=seed, device=device,
+                       solver=DEMO_SOLVER["solver"], steps=DEMO_SOLVER["steps"], sigma_min=DEMO_SOLVER["sigma_min"],
+                       sigma_max=DEMO_SOLVER["sigma_max"], solver_kwargs=solver_kwargs)
 
 
 def demo_table(results: dict[str, dict]) -> str:
@@ -117,8 +88,7 @@ def main(network, outdir, device, seed, pad, psize, cases):
     results, t0 = {}, time.perf_counter()
     for name in names:
         click.echo(f"\n== {name}")
-        cfg = case_config(name, network, demo_dir, device, seed, pad, psize)
-        cfg["progress"] = False
+        cfg = case_config(name, network, demo_dir, device, seed, pad, psize).replace(progress=False)
         results[name] = run(cfg)
     table = demo_table(results)
     misc.atomic_write_text(demo_dir / "demo.md", table + "\n")

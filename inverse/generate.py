@@ -112,11 +112,11 @@ def run(cfg: dict) -> Path:
     prior, pad, psize (None: chosen, recorded as ``grid``), stride, batch, outdir, device, progress.
     """
     from inverse.checkpoint_info import trained_patch_range, training_info
-    from inverse.reconstruct import (
+    from inverse.prior import (
         DEFAULT_PATCH_RANGE,
-        PRIOR_BUILDERS,
         build_prior,
         check_prior_geometry,
+        check_prior_name,
         describe_grids,
         network_image_channels,
         resolve_grids,
@@ -124,17 +124,17 @@ def run(cfg: dict) -> Path:
     from inverse.samplers import get_sigmas_karras
     from torch_utils.persistence import load_network
 
-    if cfg["prior"] not in PRIOR_BUILDERS:
-        raise ValueError(f"unknown prior {cfg['prior']!r}; expected one of {sorted(PRIOR_BUILDERS)}")
+    check_prior_name(cfg["prior"])
     h, w = cfg["size"]
-    check_prior_geometry(cfg, {(h, w)})
+    check_prior_geometry(cfg["prior"], cfg["pad"], cfg["psize"], {(h, w)})
     device = torch.device(cfg["device"])
     net = load_network(cfg["network"], device=device)
     cfg = dict(cfg, patch_range=list(trained_patch_range(training_info(cfg["network"])) or DEFAULT_PATCH_RANGE))
-    cfg["grid"] = resolve_grids(cfg, net, {(h, w)})
+    cfg["grid"] = resolve_grids(cfg["prior"], net, cfg["pad"], cfg["psize"], cfg["patch_range"], {(h, w)})
     for line in describe_grids(cfg["grid"], cfg["patch_range"]):
         print(line, file=sys.stderr)
-    prior = build_prior(net, cfg)
+    prior = build_prior(net, cfg["prior"], pad=cfg["pad"], psize=cfg["psize"], stride=cfg["stride"],
+                        batch=cfg["batch"], patch_range=cfg["patch_range"], grid=cfg["grid"])
     channels = network_image_channels(net)
     sigmas = get_sigmas_karras(cfg["steps"], cfg["sigma_min"], cfg["sigma_max"], device="cpu")
     run_dir = misc.new_run_dir(cfg["outdir"], f"generate-{h}x{w}")

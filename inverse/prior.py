@@ -514,4 +514,84 @@ class OverlapAveragePrior(_PriorBase):
         return (summed / self._count)[:, :, top:top + height, left:left + width]
 
 
-PRIORS = {"patch": PatchPrior, "whole": WholeImagePrior, "overlap": OverlapAveragePrior}
+# ----------------------------------------------------------------------------------------
+# Building a prior by name, and its patch grid per image size
+
+# Trained patch sizes (min, max) assumed for a checkpoint that does not record them (the paper's 16/32/64).
+DEFAULT_PATCH_RANGE = (16, 64)
+
+
+def _patch_prior(net, *, pad, psize, stride, batch, patch_range, grid, **speed):
+    return PatchPrior(net, pad=pad, psize=psize, batch=batch, patch_sizes=patch_range or DEFAULT_PATCH_RANGE,
+                      **speed)
+
+
+def _whole_prior(net, *, pad, psize, stride, batch, patch_range, grid, **speed):
+    return WholeImagePrior(net, **speed)
+
+
+def _average_prior(net, *, pad, psize, stride, batch, patch_range, grid, **speed):
+    if pad is None or psize is None:  # the grid chosen for the (first) image size: its psize, larger pad
+        chosen = next(iter((grid or {}).values()), None)
+        if chosen is None:
+            raise ValueError("prior 'average' without pad/psize needs the chosen grid (grid)")
+        pad, psize = max(axis_pads(chosen["pad"])), chosen["psize"]
+    stride = stride if stride is not None else max(1, psize // 2)
+    return OverlapAveragePrior(net, psize=psize, stride=stride, pad=pad, batch=batch, **speed)
+
+
+# prior name -> builder. 'average' is the paper's overlapping-patch ablation.
+PRIOR_BUILDERS: dict[str, Callable] = {"patch": _patch_prior, "whole": _whole_prior, "average": _average_prior}
+
+
+def check_prior_name(prior: str) -> None:
+    if prior not in PRIOR_BUILDERS:
+        raise ValueError(f"unknown prior {prior!r}; expected one of {sorted(PRIOR_BUILDERS)}")
+
+
+def build_prior(net: torch.nn.Module, prior: str = "patch", *, pad=None, psize: int | None = None,
+                stride: int | None = None, batch: int | None = None, patch_range=None, grid: dict | None = None,
+                precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> _PriorBase:
+    """The whole-image denoiser ``prior`` ('patch' | 'whole' | 'average') around ``net``.
+
+    pad, psize, batch: the patch grid (None: chosen per image size from ``patch_range``, the
+    network's trained patch sizes; default :data:`DEFAULT_PATCH_RANGE`); stride: of 'average'
+    (None: psize // 2), which without pad/psize takes them from ``grid`` (:func:`resolve_grids`);
+    precision, channels_last, compile: how the network runs (:class:`_PriorBase`)."""
+    check_prior_name(prior)
+    return PRIOR_BUILDERS[prior](net, pad=pad, psize=psize, stride=stride, batch=batch, patch_range=patch_range,
+                                 grid=grid, precision=precision, channels_last=channels_last, compile=compile)
+
+
+def check_prior_geometry(prior: str, pad, psize: int | None, shapes) -> None:
+    """Fail before any work if a given patch grid cannot tile an image size of ``shapes``
+    (ValueError); a grid left to choose (pad/psize None) always tiles."""
+    if prior == "patch" and pad is not None and psize is not None:
+        for h, w in sorted(shapes):
+            check_grid(h, w, pad, psize)
+
+
+def resolve_grids(prior: str, net: torch.nn.Module, pad, psize: int | None, patch_range, shapes) -> dict:
+    """The patch grid of every image size of ``shapes``, chosen where pad/psize are None (from
+    the size and the network's trained patch sizes ``patch_range``): {"HxW": {pad, psize, chosen}}."""
+    if prior not in ("patch", "average"):
+        return {}
+    probe = PatchPrior(net, pad=pad, psize=psize, patch_sizes=patch_range or DEFAULT_PATCH_RANGE)
+    grids = {}
+    for h, w in sorted(shapes):
+        p, s = probe.grid_for(h, w)
+        grids[f"{h}x{w}"] = dict(pad=p if isinstance(p, int) else list(p), psize=s,
+                                 chosen=pad is None or psize is None)
+    return grids
+
+
+def describe_grids(grids: dict, patch_range) -> list[str]:
+    """Log lines naming each chosen patch grid (and how to set one)."""
+    return [f"patch grid for {size}: pad {format_pad(g['pad'])}, psize {g['psize']} (chosen from the image size "
+            f"and the network's patch sizes {patch_range[0]}-{patch_range[1]} px; set with pad/psize)"
+            for size, g in grids.items() if g["chosen"]]
+
+
+def network_image_channels(net: torch.nn.Module) -> int:
+    """Image channels the denoiser works on (position channels excluded)."""
+    return int(getattr(net, "out_channels", None) or net.img_channels)

@@ -1,33 +1,18 @@
 """One reconstruction run over a directory: load, simulate or read y, solve, save, report.
 
-``run(cfg)`` is what ``inverse_nodist.py`` calls; ``cfg`` is the plain dict it builds (and
-writes to ``config.json``). Keys (all present; ``None`` means "library default"):
+``run(cfg)`` is what ``inverse_nodist.py``, the demo and the benchmarks call; ``cfg`` is an
+:class:`inverse.config.ReconConfig` (or a dict of its fields), written to ``config.json``.
+``run`` is a sequence of named stages, each below:
 
-    network        checkpoint path (torch_utils.persistence.load_network)
-    input          ground-truth image file or directory (exclusive with measurements)
-    measurements   .npy measurement file or directory (no ground truth: no metrics)
-    image_size     [H, W] or None: ground truth must have this size; required with measurements
-    mat_key, normalize, max_images, hu_window   passed to the image reader (hu_window: DICOM
-                   [HU min, HU max] -> [0, 1]; None: training.ct_window's default)
-    problem        key of inverse.operators.OPERATORS; problem_kwargs: its options
-    noise          measurement noise level passed to op.noise (0: none; see inverse.operators)
-    noise_absolute True: noise is the std in the measurement's own units (the paper's --sigma)
-    prior          'patch' | 'whole' | 'average'; pad, psize, stride, batch: its geometry
-                   (pad: int or [rows, cols]; pad/psize None: chosen per image size from the
-                   network's trained patch sizes, recorded as ``grid`` {"HxW": {pad, psize,
-                   chosen}} and ``patch_range`` in config.json and printed)
-    precision, channels_last, compile   how the network runs (inverse.prior._PriorBase):
-                   'fp32' | 'bf16' | 'fp16' autocast, channels-last layout, torch.compile
-    images_per_batch   K: images of the same size solved together, their patches in one call
-    parallel_baselines  run the baselines in a thread beside the solve (faster on CPU; per-method
-                   seconds then overlap); results are the same either way
-    solver         key of inverse.samplers.SAMPLERS; solver_kwargs: its options
-    steps, sigma_min, sigma_max   EDM (rho 7) noise schedule (None: the solver's SCHEDULE_DEFAULTS)
-    baselines      list of keys of inverse.baselines.BASELINES; tv_weight, tv_iters
-    outdir, seed, device, progress
-    resume         None, or a run directory of an earlier run with the same config to complete
-    volume, slab, z_coupling   volume mode (inverse.volume): each input is one 3-D volume solved
-                   in slabs of ``slab`` slices, slices coupled by ``z_coupling`` (0: not)
+    validate          resolve the defaults once, check the names (solver, baselines, prior, K)
+    set_up            inputs, network, patch grid, prior, solver, run directory (:class:`Setup`)
+    replay_completed  a resumed run reads back the images the earlier run finished
+    solve_all         per group of images: prepare_image (measurement, baselines), solve_group,
+                      score_and_save
+    gather_summary    rank 0 collects every rank's :class:`Results`, writes metrics and summary
+
+Inputs are :class:`Item` s; every finished image (fresh or replayed) goes into one
+:class:`Results` accumulator.
 
 Each image ``i`` (in sorted order) uses its own generator seeded with ``seed + i``; its
 measurement noise is drawn from it, so measurements never depend on batching. With
@@ -45,10 +30,11 @@ Robustness: the output directory is checked for writability first. An input file
 be read, or an image of the wrong size or channel count, is skipped and listed (file, image,
 reason) in ``summary.json``'s ``failures`` and on stderr; so is an image whose solver stops on
 non-finite values (``FloatingPointError``). If no input is usable the run fails before it makes
-a run directory. ``resume`` (a run directory; its ``config.json`` must match ``cfg`` except
-in ``RESUME_FREE_KEYS``) skips images whose ``NAME_metrics.json`` marker and files are complete,
-reading their metrics back, redoes the others (deleting their partial files first) and
-rewrites ``metrics.csv``, ``summary.json`` and ``comparison.png`` atomically at the end.
+a run directory. ``resume`` (a run directory; its ``config.json`` must match ``cfg`` except in
+the fields a resumed run may change, see :mod:`inverse.config`) skips images whose
+``NAME_metrics.json`` marker and files are complete, reading their metrics back, redoes the
+others (deleting their partial files first) and rewrites ``metrics.csv``, ``summary.json`` and
+``comparison.png`` atomically at the end.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r takes images r, r + world, ...; rank 0 makes the
 run directory, every rank writes its own per-image files, and rank 0 gathers the metrics and
@@ -59,57 +45,32 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from inverse.config import ReconConfig
 from torch_utils import distributed as ddp
 from torch_utils import misc
 
-# Trained patch sizes (min, max) assumed for a checkpoint that does not record them (the paper's 16/32/64).
-DEFAULT_PATCH_RANGE = (16, 64)
 PADIS = "padis"  # method name of our reconstruction in metrics.csv / summary.json
 
-# Keys added after the first release: a cfg (or an older run's config.json) without them means these.
-RUN_DEFAULTS = dict(precision="fp32", channels_last=False, compile=False, images_per_batch=1,
-                    parallel_baselines=False, volume=False, slab=16, z_coupling=0.0)
-SPEED_KEYS = ("precision", "channels_last", "compile")
 
+class Item(NamedTuple):
+    """One input image."""
 
-def _patch_prior(net, cfg, **speed):
-    from inverse.prior import PatchPrior
-    return PatchPrior(net, pad=cfg["pad"], psize=cfg["psize"], batch=cfg["batch"],
-                      patch_sizes=cfg.get("patch_range") or DEFAULT_PATCH_RANGE, **speed)
-
-
-def _whole_prior(net, cfg, **speed):
-    from inverse.prior import WholeImagePrior
-    return WholeImagePrior(net, **speed)
-
-
-def _average_prior(net, cfg, **speed):
-    from inverse.prior import OverlapAveragePrior, axis_pads
-    pad, psize = cfg["pad"], cfg["psize"]
-    if pad is None or psize is None:  # the grid chosen for the (first) image size: its psize, larger pad
-        chosen = next(iter((cfg.get("grid") or {}).values()), None)
-        if chosen is None:
-            raise ValueError("prior 'average' without pad/psize needs the chosen grid (cfg['grid'])")
-        pad, psize = max(axis_pads(chosen["pad"])), chosen["psize"]
-    stride = cfg["stride"] if cfg["stride"] is not None else max(1, psize // 2)
-    return OverlapAveragePrior(net, psize=psize, stride=stride, pad=pad, batch=cfg["batch"], **speed)
-
-
-# --prior name -> builder(net, cfg). 'average' is the paper's overlapping-patch ablation.
-PRIOR_BUILDERS: dict[str, Callable] = {"patch": _patch_prior, "whole": _whole_prior,
-                                       "average": _average_prior}
+    index: int  # position in sorted input order; its generator is seeded with seed + index
+    name: str  # image name (file stem, or stem + index inside a stack)
+    source: str  # the file it came from
+    data: np.ndarray  # (C, H, W) ground truth, or the measurement when there is none
 
 
 def accepted_kwargs(fn: Callable, options: dict) -> tuple[dict, list[str]]:
@@ -128,18 +89,10 @@ def accepted_kwargs(fn: Callable, options: dict) -> tuple[dict, list[str]]:
     return used, ignored
 
 
-def build_prior(net: torch.nn.Module, cfg: dict):
-    if cfg["prior"] not in PRIOR_BUILDERS:
-        raise ValueError(f"unknown prior {cfg['prior']!r}; expected one of {sorted(PRIOR_BUILDERS)}")
-    cfg = {**RUN_DEFAULTS, **cfg}
-    return PRIOR_BUILDERS[cfg["prior"]](net, cfg, **{k: cfg[k] for k in SPEED_KEYS})
-
-
 def image_batches(items: list, k: int, key: Callable) -> list[list]:
     """Split ``items`` (in order) into runs of consecutive items with equal ``key(item)``, each
     cut into batches of at most ``k``."""
-    if k < 1:
-        raise ValueError(f"images_per_batch={k}; expected a positive number of images per solve")
+    check_images_per_batch(k)
     batches: list[list] = []
     for item in items:
         last = batches[-1] if batches else None
@@ -150,68 +103,35 @@ def image_batches(items: list, k: int, key: Callable) -> list[list]:
     return batches
 
 
-def check_prior_geometry(cfg: dict, shapes: set[tuple[int, int]]) -> None:
-    """Fail before any work if a given patch grid cannot tile an image size (ValueError); a
-    grid left to choose (pad/psize None) always tiles."""
-    if cfg["prior"] == "patch" and cfg["pad"] is not None and cfg["psize"] is not None:
-        from inverse.prior import check_grid
-        for h, w in sorted(shapes):
-            check_grid(h, w, cfg["pad"], cfg["psize"])
+def check_images_per_batch(k: int) -> None:
+    if k < 1:
+        raise ValueError(f"images_per_batch={k}; expected a positive number of images per solve")
 
 
-def resolve_grids(cfg: dict, net: torch.nn.Module, shapes: set[tuple[int, int]]) -> dict:
-    """The patch grid of every image size, chosen where pad/psize are unset (from the size and
-    the network's trained patch sizes ``cfg['patch_range']``): {"HxW": {pad, psize, chosen}}."""
-    from inverse.prior import PatchPrior
-    if cfg["prior"] not in ("patch", "average"):
-        return {}
-    probe = PatchPrior(net, pad=cfg["pad"], psize=cfg["psize"],
-                       patch_sizes=cfg.get("patch_range") or DEFAULT_PATCH_RANGE)
-    grids = {}
-    for h, w in sorted(shapes):
-        pad, psize = probe.grid_for(h, w)
-        grids[f"{h}x{w}"] = dict(pad=pad if isinstance(pad, int) else list(pad), psize=psize,
-                                 chosen=cfg["pad"] is None or cfg["psize"] is None)
-    return grids
-
-
-def describe_grids(grids: dict, patch_range) -> list[str]:
-    """Log lines naming each chosen patch grid (and how to set one)."""
-    from inverse.prior import format_pad
-    return [f"patch grid for {size}: pad {format_pad(g['pad'])}, psize {g['psize']} (chosen from the image size "
-            f"and the network's patch sizes {patch_range[0]}-{patch_range[1]} px; set with pad/psize)"
-            for size, g in grids.items() if g["chosen"]]
-
-
-def network_image_channels(net: torch.nn.Module) -> int:
-    """Image channels the denoiser works on (position channels excluded)."""
-    return int(getattr(net, "out_channels", None) or net.img_channels)
-
-
-def grey_rgb_to_single(items: list, channels: int) -> tuple[list, list[str]]:
+def grey_rgb_to_single(items: list[Item], channels: int) -> tuple[list[Item], list[str]]:
     """For a 1-channel network, images stored as RGB with three equal channels become
     1-channel; returns (items, names converted)."""
     if channels != 1:
         return items, []
     out, converted = [], []
-    for index, name, file, x in items:
-        grey = rio.grey_from_rgb(x)
+    for item in items:
+        grey = rio.grey_from_rgb(item.data)
         if grey is not None:
-            x = grey
-            converted.append(name)
-        out.append((index, name, file, x))
+            item = item._replace(data=grey)
+            converted.append(item.name)
+        out.append(item)
     return out, converted
 
 
-def field_of_view_warning(items: list, operator: Callable) -> str | None:
+def field_of_view_warning(items: list[Item], operator: Callable) -> str | None:
     """One line if some ground-truth images have content the operator does not see from every
     view (fan beam, ``op.fov_warning``): the first such image, how many, and the remedy."""
     hits = []
-    for _, name, _, x in items:
-        check = getattr(operator(tuple(x.shape[1:])), "fov_warning", None)
-        message = check(x) if check else None
+    for item in items:
+        check = getattr(operator(tuple(item.data.shape[1:])), "fov_warning", None)
+        message = check(item.data) if check else None
         if message:
-            hits.append((name, message))
+            hits.append((item.name, message))
     if not hits:
         return None
     more = f" and {len(hits) - 1} more of {len(items)} images" if len(hits) > 1 else ""
@@ -225,7 +145,7 @@ def check_channels(images: list[tuple[str, np.ndarray]], channels: int, source: 
                              f"denoises {channels}-channel images (use matching data or another network)")
 
 
-def _keep_valid(items: list, failures: list[dict], check: Callable) -> list:
+def _keep_valid(items: list[Item], failures: list[dict], check: Callable) -> list[Item]:
     """Items for which ``check(item)`` raises no ValueError; the others go to ``failures``.
     If none is left, the first failure is raised (one line)."""
     kept, first = [], len(failures)
@@ -234,87 +154,67 @@ def _keep_valid(items: list, failures: list[dict], check: Callable) -> list:
             check(item)
             kept.append(item)
         except ValueError as exc:
-            failures.append(rio.failure_record(item[2], str(exc), image=item[1]))
+            failures.append(rio.failure_record(item.source, str(exc), image=item.name))
     if not kept and len(failures) > first:
         raise ValueError(rio.failure_line(failures[first]))
     return kept
 
 
-# Config keys that a resumed run (--resume RUN_DIR) may change: where and how it runs, not what.
-RESUME_FREE_KEYS = ("outdir", "device", "progress", "run_dir", "resume", "compile", "parallel_baselines",
-                    "grid", "patch_range")  # the last two are derived from compared keys
-_PATH_KEYS = ("network", "input", "measurements")
-
-
-def _comparable(cfg: dict) -> dict:
-    cfg = {**RUN_DEFAULTS, **cfg}
-    out = json.loads(json.dumps({k: v for k, v in cfg.items() if k not in RESUME_FREE_KEYS}, default=str))
-    for k in _PATH_KEYS:
-        if out.get(k) is not None:
-            out[k] = os.path.abspath(out[k])
-    return out
-
-
-def check_resume_config(run_dir: Path, cfg: dict) -> None:
-    """``run_dir/config.json`` must agree with ``cfg`` except in RESUME_FREE_KEYS (ValueError
-    naming the first differing key otherwise)."""
+def check_resume_config(run_dir: Path, cfg: ReconConfig | dict) -> None:
+    """``run_dir/config.json`` must agree with ``cfg`` except in the fields a resumed run may
+    change (ValueError naming the first differing option otherwise)."""
     path = Path(run_dir) / "config.json"
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--resume {run_dir}: cannot read {path} ({exc}); is this a reconstruction "
+        old = ReconConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"resume={run_dir}: cannot read {path} ({exc}); is this a reconstruction "
                          "run directory?") from None
-    old, new = _comparable(old), _comparable(cfg)
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            raise ValueError(f"--resume {run_dir}: option {key!r} was {old.get(key)!r} in that run, now "
-                             f"{new.get(key)!r}; resume with the same options (or start a new run)")
+    old_values, new_values = old.comparable(), ReconConfig.from_dict(cfg).comparable()
+    for key in sorted(set(old_values) | set(new_values)):
+        if old_values.get(key) != new_values.get(key):
+            raise ValueError(f"resume={run_dir}: option {key!r} was {old_values.get(key)!r} in that run, now "
+                             f"{new_values.get(key)!r}; resume with the same options (or start a new run)")
 
 
-def _make_run_dir(cfg: dict, rank: int) -> Path:
-    """Rank 0 makes OUTDIR/NNNNN-<problem>-<solver> (or reuses --resume's); every rank gets its path."""
+def _make_run_dir(cfg: ReconConfig, rank: int) -> Path:
+    """Rank 0 makes OUTDIR/NNNNN-<problem>-<solver> (or reuses resume's); every rank gets its path."""
     run_dir = None
     if rank == 0:
-        if cfg.get("resume"):
-            run_dir = Path(cfg["resume"])
+        if cfg.resume:
+            run_dir = Path(cfg.resume)
             check_resume_config(run_dir, cfg)
             misc.remove_stale_temps(run_dir)
         else:
-            run_dir = misc.new_run_dir(cfg["outdir"], f"{cfg['problem']}-{cfg['solver']}")
+            run_dir = misc.new_run_dir(cfg.outdir, f"{cfg.problem}-{cfg.solver}")
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 
-def _load_inputs(cfg: dict, failures: list[dict], ranges: dict | None = None):
-    """(items, has_gt, shapes). items: [(index, name, file, array)] with (C, H, W) images (None
-    with --measurements: read later, when the operator is known). Bad files go to ``failures``;
+def _load_inputs(cfg: ReconConfig, failures: list[dict], ranges: dict | None = None
+                 ) -> tuple[list[Item] | None, bool, set]:
+    """(items, has_gt, shapes): ground-truth items with (C, H, W) images (None with
+    measurements: read later, when the operator is known). Bad files go to ``failures``;
     with ``normalize`` each image's original (min, max) to ``ranges``."""
-    size = tuple(cfg["image_size"]) if cfg["image_size"] else None
-    if cfg["input"] is not None:
-        read = rio.read_ground_truth_files(cfg["input"], failures, mat_key=cfg["mat_key"],
-                                           normalize=cfg["normalize"], max_images=cfg["max_images"],
-                                           hu_window=cfg.get("hu_window"), ranges=ranges)
-        items = [(i, name, file, x) for i, (name, x, file) in enumerate(read)]
+    from inverse.prior import check_prior_geometry
 
-        def check_size(item):
-            x = item[3]
+    size = tuple(cfg.image_size) if cfg.image_size else None
+    if cfg.input is not None:
+        read = rio.read_ground_truth_files(cfg.input, failures, mat_key=cfg.mat_key, normalize=cfg.normalize,
+                                           max_images=cfg.max_images, hu_window=cfg.hu_window, ranges=ranges)
+        items = [Item(i, name, file, x) for i, (name, x, file) in enumerate(read)]
+
+        def check_size(item: Item) -> None:
+            x = item.data
             if size is not None and tuple(x.shape[1:]) != size:
-                raise ValueError(f"{item[2]}: image {item[1]!r} is {x.shape[1]}x{x.shape[2]}, "
-                                 f"expected --image-size {size[0]}x{size[1]} (images are not resized)")
-            check_prior_geometry(cfg, {tuple(x.shape[1:])})
+                raise ValueError(f"{item.source}: image {item.name!r} is {x.shape[1]}x{x.shape[2]}, "
+                                 f"expected image_size {size[0]}x{size[1]} (images are not resized)")
+            check_prior_geometry(cfg.prior, cfg.pad, cfg.psize, {tuple(x.shape[1:])})
 
         items = _keep_valid(items, failures, check_size)
-        return items, True, {tuple(x.shape[1:]) for *_, x in items}
+        return items, True, {tuple(it.data.shape[1:]) for it in items}
     if size is None:
-        raise ValueError("--image-size is required with --measurements (the size of the images to reconstruct)")
-    check_prior_geometry(cfg, {size})
+        raise ValueError("image_size is required with measurements (the size of the images to reconstruct)")
+    check_prior_geometry(cfg.prior, cfg.pad, cfg.psize, {size})
     return None, False, {size}
-
-
-def resolve_schedule(cfg: dict) -> dict:
-    """steps / sigma_min / sigma_max of cfg, None filled from the solver's SCHEDULE_DEFAULTS."""
-    from inverse.samplers import SCHEDULE_DEFAULTS
-    defaults = SCHEDULE_DEFAULTS[cfg["solver"]]
-    return {k: cfg.get(k) if cfg.get(k) is not None else defaults[k] for k in ("steps", "sigma_min", "sigma_max")}
 
 
 def _seconds(fn: Callable, device: torch.device):
@@ -327,65 +227,129 @@ def _seconds(fn: Callable, device: torch.device):
     return out, time.perf_counter() - t0
 
 
-def run_baselines(op, y: torch.Tensor, cfg: dict, device: torch.device) -> tuple[dict, dict]:
-    """``cfg['baselines']`` on one measurement: ({name: (C, H, W) image}, {name: seconds}).
+def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -> tuple[dict, dict]:
+    """``cfg.baselines`` on one measurement: ({name: (C, H, W) image}, {name: seconds}).
 
-    With ``parallel_baselines`` ``run`` calls this in a worker thread while the solver works on
+    With ``parallel_baselines`` the run calls this in a worker thread while the solver works on
     the same images (with their own operator instance; ASTRA calls are serialised by
-    odlstuff.geometry.ASTRA_LOCK): the baselines (TV's projector calls, single-threaded on
-    ASTRA's CPU backend) then use the core the network leaves idle (``make demo``: 238 -> 209 s
-    on 2 cores, the same numbers). Their seconds are then wall times while sharing the machine
-    with the solve, and the solve's while sharing it with them; without it (the default) each
-    method's seconds are its own."""
+    odlstuff.geometry.ASTRA_LOCK), so the baselines use the core the network leaves idle; the
+    results are the same. Their seconds are then wall times while sharing the machine with the
+    solve, and the solve's while sharing it with them; without it (the default) each method's
+    seconds are its own."""
     from inverse.baselines import BASELINES, method_label
     results, secs = {}, {}
-    for b in cfg["baselines"]:
-        kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))
-        label = method_label(b, cfg["problem"])
+    for b in cfg.baselines:
+        kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg.tv_weight, iters=cfg.tv_iters))
+        label = method_label(b, cfg.problem)
         with torch.no_grad():
             xb, secs[label] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
         results[label] = xb[0].detach().float().cpu().numpy()
     return results, secs
 
 
-def run(cfg: dict) -> dict:
-    """Reconstruct every input; write the run directory; return the summary dict."""
-    from inverse.baselines import BASELINES, method_label
-    from inverse.checkpoint_info import input_warnings, prior_problem, trained_patch_range, training_info
-    from inverse.metrics import psnr, ssim
-    from inverse.operators import make_operator
-    from inverse.samplers import SAMPLERS, get_sigmas_karras
-    from torch_utils.persistence import load_network
+# ----------------------------------------------------------------------------------------
+# The stages of run()
 
-    cfg = {**RUN_DEFAULTS, **cfg}
-    if cfg["solver"] in SAMPLERS:
-        cfg.update(resolve_schedule(cfg))
-    for name in cfg["baselines"]:
-        if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
-    if cfg["solver"] not in SAMPLERS:
-        raise ValueError(f"unknown solver {cfg['solver']!r}; expected one of {sorted(SAMPLERS)}")
-    image_batches([], cfg["images_per_batch"], len)  # checks K
-    if cfg["volume"]:  # each input is one 3-D volume, solved in slabs (inverse.volume)
+
+def run(cfg: ReconConfig | dict) -> dict:
+    """Reconstruct every input; write the run directory; return the summary dict."""
+    cfg = validate(cfg)
+    if cfg.volume:  # each input is one 3-D volume, solved in slabs (inverse.volume)
         from inverse.volume import run_volume
         return run_volume(cfg)
     own_pg = not ddp.is_initialized()
-    device = ddp.init(cfg["device"])
-    rank, world = ddp.rank(), ddp.world_size()
-    own_pg = own_pg and ddp.is_initialized()
-    verbose = rank == 0 and cfg.get("progress", True)
+    try:
+        setup = set_up(cfg)
+        results = Results()
+        pending = replay_completed(setup, results)
+        solve_all(setup, pending, results)
+        return gather_summary(setup, results)
+    finally:
+        if own_pg and ddp.is_initialized():
+            ddp.shutdown()
 
-    # Output directory, inputs, network, prior and operators are all checked before any work.
-    # A bad input file is recorded in ``failures`` (and the summary) and the others still run.
+
+def validate(cfg: ReconConfig | dict) -> ReconConfig:
+    """Stage 1: the config with its defaults resolved (once); unknown names are a ValueError."""
+    from inverse.baselines import BASELINES
+    from inverse.prior import check_prior_name
+    from inverse.samplers import SAMPLERS
+
+    cfg = ReconConfig.from_dict(cfg).resolved()
+    for name in cfg.baselines:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
+    if cfg.solver not in SAMPLERS:
+        raise ValueError(f"unknown solver {cfg.solver!r}; expected one of {sorted(SAMPLERS)}")
+    check_images_per_batch(cfg.images_per_batch)
+    check_prior_name(cfg.prior)
+    return cfg
+
+
+@dataclass
+class Setup:
+    """What the stages after set_up share: the final config and everything built from it."""
+
+    cfg: ReconConfig  # resolved, with run_dir, patch_range and grid set
+    device: torch.device
+    rank: int
+    world: int
+    verbose: bool  # rank 0 with progress: bars, notes and the results table
+    items: list[Item]  # every usable input (all ranks)
+    has_gt: bool  # items hold ground truth (else measurements)
+    shapes: set  # image sizes (H, W) of the items
+    failures: list[dict]  # inputs skipped before any work
+    input_ranges: dict  # image name -> its (min, max) before normalize scaled it to [0, 1]
+    channels: int  # image channels of the network
+    prior: Any  # the whole-image denoiser (inverse.prior)
+    sampler: Callable  # inverse.samplers.SAMPLERS[cfg.solver]
+    solver_kwargs: dict  # the options it takes
+    sigmas: torch.Tensor  # the noise schedule
+    writer: rio.ResultWriter  # per-image files in the run directory
+    methods: list[str]  # baselines then PADIS
+    ops: dict = field(default_factory=dict)  # (shape, user) -> operator
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_dir)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """Method -> file tag of its image (NAME_<tag>.npy)."""
+        return {m: "recon" if m == PADIS else m for m in self.methods}
+
+    def operator(self, shape: tuple[int, int], user: str = "solver"):
+        """The operator for ``shape``; the baselines' thread gets an instance of its own."""
+        from inverse.operators import make_operator
+        if (shape, user) not in self.ops:
+            self.ops[shape, user] = make_operator(self.cfg.problem, shape, channels=self.channels,
+                                                  device=self.device, **self.cfg.problem_kwargs)
+        return self.ops[shape, user]
+
+    def image_shape(self, item: Item) -> tuple[int, int]:
+        return tuple(item.data.shape[1:]) if self.has_gt else next(iter(self.shapes))
+
+
+def set_up(cfg: ReconConfig) -> Setup:
+    """Stage 2: output directory, inputs, network, prior and operators are all checked before
+    any work; a bad input file is recorded in ``failures`` and the others still run. Makes the
+    run directory and writes config.json last."""
+    from inverse.baselines import method_label
+    from inverse.checkpoint_info import prior_problem, trained_patch_range, training_info
+    from inverse.prior import DEFAULT_PATCH_RANGE, build_prior, network_image_channels, resolve_grids
+    from torch_utils.persistence import load_network
+
+    device = ddp.init(cfg.device)
+    rank, world = ddp.rank(), ddp.world_size()
     if rank == 0:
-        misc.check_writable(cfg["resume"] if cfg.get("resume") else cfg["outdir"])
+        misc.check_writable(cfg.resume if cfg.resume else cfg.outdir)
     failures: list[dict] = []
     ranges: dict = {}
     items, has_gt, shapes = _load_inputs(cfg, failures, ranges)
-    net = load_network(cfg["network"], device=device)
-    info = training_info(cfg["network"])
-    if prior_problem(info, cfg["prior"]):
-        raise ValueError(f"{cfg['network']}: {prior_problem(info, cfg['prior'])}")
+    net = load_network(cfg.network, device=device)
+    info = training_info(cfg.network)
+    if prior_problem(info, cfg.prior):
+        raise ValueError(f"{cfg.network}: {prior_problem(info, cfg.prior)}")
     channels = network_image_channels(net)
     if has_gt:
         items, converted = grey_rgb_to_single(items, channels)
@@ -393,182 +357,250 @@ def run(cfg: dict) -> dict:
             print(f"note: {len(converted)} grey image(s) stored as RGB ({', '.join(converted[:3])}"
                   f"{', ...' if len(converted) > 3 else ''}) read as 1 channel for this 1-channel network",
                   file=sys.stderr)
-        items = _keep_valid(items, failures, lambda it: check_channels([(it[1], it[3])], channels, it[2]))
-        shapes = {tuple(it[3].shape[1:]) for it in items}
-    cfg["patch_range"] = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
-    cfg["grid"] = resolve_grids(cfg, net, shapes)
+        items = _keep_valid(items, failures, lambda it: check_channels([(it.name, it.data)], channels, it.source))
+        shapes = {tuple(it.data.shape[1:]) for it in items}
+    patch_range = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
+    cfg = cfg.replace(patch_range=patch_range,
+                      grid=resolve_grids(cfg.prior, net, cfg.pad, cfg.psize, patch_range, shapes))
     if rank == 0:
-        for line in describe_grids(cfg["grid"], cfg["patch_range"]):
-            print(line, file=sys.stderr)
-        for line in dict.fromkeys(w for s in sorted(shapes) for w in input_warnings(
-                info, cfg["prior"], s, (cfg["grid"].get(f"{s[0]}x{s[1]}") or {}).get("psize"))):
-            print(f"warning: {line}", file=sys.stderr)
-    prior = build_prior(net, cfg)
-    ops: dict[tuple[tuple[int, int], str], Any] = {}
-
-    def operator(shape: tuple[int, int], user: str = "solver"):
-        """The operator for ``shape``; the baselines' thread gets an instance of its own."""
-        if (shape, user) not in ops:
-            ops[shape, user] = make_operator(cfg["problem"], shape, channels=channels, device=device,
-                                             **cfg["problem_kwargs"])
-        return ops[shape, user]
-
+        _print_grid_notes(cfg, info, shapes)
+    prior = build_prior(net, cfg.prior, pad=cfg.pad, psize=cfg.psize, stride=cfg.stride, batch=cfg.batch,
+                        patch_range=cfg.patch_range, grid=cfg.grid, precision=cfg.precision,
+                        channels_last=cfg.channels_last, compile=cfg.compile)
+    setup = Setup(cfg=cfg, device=device, rank=rank, world=world, verbose=rank == 0 and cfg.progress,
+                  items=items, has_gt=has_gt, shapes=shapes, failures=failures, input_ranges=ranges,
+                  channels=channels, prior=prior,
+                  sampler=None, solver_kwargs={}, sigmas=None, writer=None,
+                  methods=[method_label(b, cfg.problem) for b in cfg.baselines] + [PADIS])  # 'pinv' outside CT
     if not has_gt:
-        shape = next(iter(shapes))
-        read = rio.read_measurement_files(cfg["measurements"], (channels, *operator(shape).measurement_shape),
-                                          max_images=cfg["max_images"], failures=failures)
-        items = [(i, name, file, y) for i, (name, y, file) in enumerate(read)]
+        setup.items = _read_measurements(setup)
     if rank == 0:
         for f in failures:
             print(f"skipped {rio.failure_line(f)}", file=sys.stderr)
-        fov = field_of_view_warning(items, operator) if has_gt else None
+        fov = field_of_view_warning(setup.items, setup.operator) if has_gt else None
         if fov:
             print(f"warning: {fov}", file=sys.stderr)
-    sampler = SAMPLERS[cfg["solver"]]
-    solver_kwargs, ignored = accepted_kwargs(sampler, cfg["solver_kwargs"])
-    if ignored and verbose:
-        print(f"note: solver {cfg['solver']} does not use option(s) {', '.join(sorted(ignored))}")
-    schedule = resolve_schedule(cfg)
-    sigmas = get_sigmas_karras(schedule["steps"], schedule["sigma_min"], schedule["sigma_max"], device=device)
+    _set_up_solver(setup)
+    _open_run_dir(setup)
+    return setup
 
-    run_dir = _make_run_dir(cfg, rank)
-    cfg["run_dir"] = str(run_dir)
-    if rank == 0 and not cfg.get("resume"):
-        misc.atomic_write_json(run_dir / "config.json", cfg)
-    writer = rio.ResultWriter(run_dir, sinogram=cfg["problem"].startswith("ct"))
-    methods = [method_label(b, cfg["problem"]) for b in cfg["baselines"]] + [PADIS]  # 'pinv' outside CT
-    tags = {m: "recon" if m == PADIS else m for m in methods}
 
-    rows, comp, calls, total_secs, done_failures = [], [], [], [], []
-    skipped = 0
-    mine = items[rank::world]
+def _print_grid_notes(cfg: ReconConfig, info, shapes: set) -> None:
+    """The chosen patch grids and the checkpoint's warnings about these inputs (stderr)."""
+    from inverse.checkpoint_info import input_warnings
+    from inverse.prior import describe_grids
+
+    for line in describe_grids(cfg.grid, cfg.patch_range):
+        print(line, file=sys.stderr)
+    for line in dict.fromkeys(w for s in sorted(shapes) for w in input_warnings(
+            info, cfg.prior, s, (cfg.grid.get(f"{s[0]}x{s[1]}") or {}).get("psize"))):
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _read_measurements(setup: Setup) -> list[Item]:
+    """Items of the measurement files, checked against the operator's measurement shape."""
+    cfg = setup.cfg
+    shape = next(iter(setup.shapes))
+    read = rio.read_measurement_files(cfg.measurements, (setup.channels, *setup.operator(shape).measurement_shape),
+                                      max_images=cfg.max_images, failures=setup.failures)
+    return [Item(i, name, file, y) for i, (name, y, file) in enumerate(read)]
+
+
+def _set_up_solver(setup: Setup) -> None:
+    """The sampler, the options it takes (a note names the others) and the noise schedule."""
+    from inverse.samplers import SAMPLERS, get_sigmas_karras
+
+    cfg = setup.cfg
+    setup.sampler = SAMPLERS[cfg.solver]
+    setup.solver_kwargs, ignored = accepted_kwargs(setup.sampler, cfg.solver_kwargs)
+    if ignored and setup.verbose:
+        print(f"note: solver {cfg.solver} does not use option(s) {', '.join(sorted(ignored))}")
+    setup.sigmas = get_sigmas_karras(cfg.steps, cfg.sigma_min, cfg.sigma_max, device=setup.device)
+
+
+def _open_run_dir(setup: Setup) -> None:
+    """The run directory (new, or resume's); config.json of a new run; the result writer."""
+    run_dir = _make_run_dir(setup.cfg, setup.rank)
+    setup.cfg = setup.cfg.replace(run_dir=str(run_dir))
+    if setup.rank == 0 and not setup.cfg.resume:
+        misc.atomic_write_json(run_dir / "config.json", setup.cfg.to_dict())
+    setup.writer = rio.ResultWriter(run_dir, sinogram=setup.cfg.problem.startswith("ct"))
+
+
+@dataclass
+class Results:
+    """Everything a rank finished (solved now or read back from the run being resumed)."""
+
+    rows: list[dict] = field(default_factory=list)  # metrics.csv rows: one per image and method
+    comparison: list[dict] = field(default_factory=list)  # comparison.png rows (the first images)
+    calls: list[int] = field(default_factory=list)  # denoiser calls per image
+    seconds: list[float] = field(default_factory=list)  # seconds per image (all methods)
+    failures: list[dict] = field(default_factory=list)  # images whose solve failed
+    resumed: int = 0  # images read back from the run being resumed
+
+    def add(self, item: Item, rows: list[dict], calls: int, seconds: float, images: Callable[[], dict],
+            has_gt: bool) -> None:
+        """One finished image; ``images()`` gives {method: (C, H, W)} for the comparison figure."""
+        self.rows.extend(rows)
+        self.calls.append(calls)
+        self.seconds.append(seconds)
+        if item.index < rio.COMPARISON_MAX_ROWS:
+            self.comparison.append(dict(index=item.index, name=item.name, gt=item.data if has_gt else None,
+                                        images=images(), psnr={r["method"]: r["psnr"] for r in rows}))
+
+
+def replay_completed(setup: Setup, results: Results) -> list[Item]:
+    """Stage 3: this rank's items; those a resumed run already finished go into ``results``
+    (read back from their files), the others are returned, in order."""
+    mine = setup.items[setup.rank::setup.world]
+    if not setup.cfg.resume:
+        return mine
     pending = []
-    for index, name, file, arr in mine:
-        record = writer.completed(name) if cfg.get("resume") else None
+    for item in mine:
+        record = setup.writer.completed(item.name)
         if record is None:
-            pending.append((index, name, file, arr))
+            pending.append(item)
             continue
-        skipped += 1  # done by the run being resumed: read its results back
-        rows.extend(record["rows"])
-        calls.append(record["calls"])
-        total_secs.append(record["seconds"])
-        if index < rio.COMPARISON_MAX_ROWS:
-            comp.append(dict(index=index, name=name, gt=arr if has_gt else None,
-                             psnr={r["method"]: r["psnr"] for r in record["rows"]},
-                             images={m: np.load(run_dir / f"{name}_{t}.npy") for m, t in tags.items()}))
+        results.resumed += 1
+        results.add(item, record["rows"], record["calls"], record["seconds"], has_gt=setup.has_gt,
+                    images=lambda name=item.name: {m: np.load(setup.run_dir / f"{name}_{t}.npy")
+                                                   for m, t in setup.tags.items()})
+    return pending
 
-    def image_shape(item) -> tuple[int, int]:
-        return tuple(item[3].shape[1:]) if has_gt else next(iter(shapes))
 
-    outer = tqdm(total=len(mine), initial=skipped, desc="images", unit="img", disable=not verbose, position=0)
-    # parallel_baselines: the baselines run in one worker thread, overlapping the solve (run_baselines).
-    pool = None
-    if cfg["parallel_baselines"] and cfg["baselines"]:
+class Prepared(NamedTuple):
+    """An image ready for the solve."""
+
+    item: Item
+    y: torch.Tensor  # (1, ...) its measurement
+    generator: torch.Generator  # seeded with seed + index; drew the measurement noise
+    baselines: Future  # -> ({method: image}, {method: seconds})
+    seconds: float  # spent preparing it (simulation, saving y)
+
+
+def solve_all(setup: Setup, pending: list[Item], results: Results) -> None:
+    """Stage 4: the pending items, in groups of up to K images of one size."""
+    outer = tqdm(total=len(pending) + results.resumed, initial=results.resumed, desc="images", unit="img",
+                 disable=not setup.verbose, position=0)
+    pool = None  # parallel_baselines: the baselines run in one worker thread, overlapping the solve
+    if setup.cfg.parallel_baselines and setup.cfg.baselines:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baselines")
     try:  # close the bar on errors too: the one-line error must start its own line
-        for group in image_batches(pending, cfg["images_per_batch"], image_shape):
-            op = operator(image_shape(group[0]))
-            prepared = []
-            for index, name, file, arr in group:  # measurement and baselines, one image at a time
-                if cfg.get("resume"):
-                    writer.remove_partial(name, list(tags.values()))
-                gen = torch.Generator(device=device).manual_seed(cfg["seed"] + index)
-                t_start = time.perf_counter()
-                with torch.no_grad():
-                    if has_gt:
-                        y = op.A(torch.from_numpy(arr)[None].to(device))
-                        if cfg["noise"]:
-                            y = op.noise(y, cfg["noise"], gen, absolute=cfg.get("noise_absolute", False))
-                    else:
-                        y = torch.from_numpy(arr)[None].to(device)
-                writer.save_measurement(name, y[0].detach().cpu().numpy())
-                prep_seconds = time.perf_counter() - t_start  # the baselines' own seconds are added later
-                if pool:
-                    baselines = pool.submit(run_baselines, operator(image_shape(group[0]), "baselines"), y, cfg,
-                                            device)
-                else:  # in this thread, before the solve: every method's seconds are its own
-                    baselines = Future()
-                    baselines.set_result(run_baselines(op, y, cfg, device))
-                prepared.append(dict(item=(index, name, file, arr), y=y, gen=gen, baselines=baselines,
-                                     seconds=prep_seconds))
-
-            # One solve for the group; its randomness continues its first image's generator.
-            y = torch.cat([p["y"] for p in prepared])
-            bar = tqdm(total=len(sigmas), desc=group[0][1] if len(group) == 1 else f"{group[0][1]} +{len(group) - 1}",
-                       unit="step", leave=False, disable=not verbose, position=1)
-            prior.reset_calls()
-            try:
-                xr, solve_s = _seconds(lambda: sampler(prior, op, y, sigmas, prepared[0]["gen"],
-                                                       callback=lambda *_a, **_k: bar.update(1),
-                                                       **solver_kwargs), device)
-            except FloatingPointError as exc:  # this solve diverged: record its images, go on with the others
-                together = f" (solved together with {len(group) - 1} other image(s))" if len(group) > 1 else ""
-                for _, name, file, _ in group:
-                    failure = rio.failure_record(file, f"reconstruction stopped: {exc}{together}", image=name)
-                    done_failures.append(failure)
-                    print(f"failed {rio.failure_line(failure)}", file=sys.stderr)
+        for group in image_batches(pending, setup.cfg.images_per_batch, setup.image_shape):
+            prepared = [prepare_image(setup, item, pool) for item in group]
+            solved = solve_group(setup, prepared, results)
+            if solved is not None:
+                x, solve_seconds = solved
+                for k, p in enumerate(prepared):
+                    score_and_save(setup, p, x[k], solve_seconds / len(prepared), results)
+                    if setup.verbose and setup.has_gt:
+                        outer.set_postfix_str(f"{p.item.name}: PSNR {results.rows[-1]['psnr']:.2f} dB")
+                    outer.update(1)
+            else:
                 outer.update(len(group))
-                continue
-            finally:
-                bar.close()
-
-            for k, p in enumerate(prepared):  # save, score and report each image
-                index, name, file, arr = p["item"]
-                t_start = time.perf_counter()
-                results, secs = p["baselines"].result()
-                results[PADIS] = xr[k].detach().float().cpu().numpy()
-                secs[PADIS] = solve_s / len(prepared)
-                scores, image_rows = {}, []
-                for method, img in results.items():
-                    writer.save_image(name, tags[method], img)
-                    ps = ss = None
-                    if has_gt:
-                        ps, ss = float(psnr(img, arr)), float(ssim(img, arr))
-                    scores[method] = ps
-                    image_rows.append(dict(index=index, image=name, method=method, psnr=ps, ssim=ss,
-                                           seconds=secs[method]))
-                seconds = p["seconds"] + sum(secs.values()) + time.perf_counter() - t_start
-                extra = {"input_range": list(ranges[name])} if name in ranges else {}
-                writer.finish_image(name, dict(index=index, image=name, source=file, rows=image_rows,
-                                               calls=prior.calls, seconds=seconds, **extra))
-                rows.extend(image_rows)
-                calls.append(prior.calls)
-                total_secs.append(seconds)
-                if index < rio.COMPARISON_MAX_ROWS:
-                    comp.append(dict(index=index, name=name, gt=arr if has_gt else None, images=results, psnr=scores))
-                if verbose and has_gt:
-                    outer.set_postfix_str(f"{name}: PSNR {scores[PADIS]:.2f} dB")
-                outer.update(1)
     finally:
         outer.close()
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    gathered = ddp.all_gather_object(dict(rows=rows, comp=comp, calls=calls, secs=total_secs,
-                                          failures=done_failures, skipped=skipped))
+
+def prepare_image(setup: Setup, item: Item, pool: ThreadPoolExecutor | None) -> Prepared:
+    """Its measurement (simulated from the ground truth with its own generator, or given),
+    saved; its baselines started (in ``pool``) or done."""
+    cfg, device = setup.cfg, setup.device
+    op = setup.operator(setup.image_shape(item))
+    if cfg.resume:
+        setup.writer.remove_partial(item.name, list(setup.tags.values()))
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + item.index)
+    t_start = time.perf_counter()
+    with torch.no_grad():
+        if setup.has_gt:
+            y = op.A(torch.from_numpy(item.data)[None].to(device))
+            if cfg.noise:
+                y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
+        else:
+            y = torch.from_numpy(item.data)[None].to(device)
+    setup.writer.save_measurement(item.name, y[0].detach().cpu().numpy())
+    seconds = time.perf_counter() - t_start  # the baselines' own seconds are added later
+    if pool:
+        baselines = pool.submit(run_baselines, setup.operator(setup.image_shape(item), "baselines"), y, cfg, device)
+    else:  # in this thread, before the solve: every method's seconds are its own
+        baselines = Future()
+        baselines.set_result(run_baselines(op, y, cfg, device))
+    return Prepared(item, y, gen, baselines, seconds)
+
+
+def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tuple[torch.Tensor, float] | None:
+    """One solve for the group, its randomness continuing its first image's generator:
+    (images, seconds), or None if it diverged (its images then go to ``results.failures``)."""
+    group = [p.item for p in prepared]
+    op = setup.operator(setup.image_shape(group[0]))
+    y = torch.cat([p.y for p in prepared])
+    label = group[0].name if len(group) == 1 else f"{group[0].name} +{len(group) - 1}"
+    bar = tqdm(total=len(setup.sigmas), desc=label, unit="step", leave=False, disable=not setup.verbose,
+               position=1)
+    setup.prior.reset_calls()
+    try:
+        return _seconds(lambda: setup.sampler(setup.prior, op, y, setup.sigmas, prepared[0].generator,
+                                              callback=lambda *_a, **_k: bar.update(1), **setup.solver_kwargs),
+                        setup.device)
+    except FloatingPointError as exc:  # this solve diverged: record its images, go on with the others
+        together = f" (solved together with {len(group) - 1} other image(s))" if len(group) > 1 else ""
+        for item in group:
+            failure = rio.failure_record(item.source, f"reconstruction stopped: {exc}{together}", image=item.name)
+            results.failures.append(failure)
+            print(f"failed {rio.failure_line(failure)}", file=sys.stderr)
+        return None
+    finally:
+        bar.close()
+
+
+def score_and_save(setup: Setup, p: Prepared, x: torch.Tensor, solve_seconds: float, results: Results) -> None:
+    """Save every method's image, score it against the ground truth, mark the image complete."""
+    from inverse.metrics import psnr, ssim
+
+    item, t_start = p.item, time.perf_counter()
+    images, secs = p.baselines.result()
+    images[PADIS] = x.detach().float().cpu().numpy()
+    secs[PADIS] = solve_seconds
+    rows = []
+    for method, img in images.items():
+        setup.writer.save_image(item.name, setup.tags[method], img)
+        ps = ss = None
+        if setup.has_gt:
+            ps, ss = float(psnr(img, item.data)), float(ssim(img, item.data))
+        rows.append(dict(index=item.index, image=item.name, method=method, psnr=ps, ssim=ss, seconds=secs[method]))
+    seconds = p.seconds + sum(secs.values()) + time.perf_counter() - t_start
+    extra = {"input_range": list(setup.input_ranges[item.name])} if item.name in setup.input_ranges else {}
+    setup.writer.finish_image(item.name, dict(index=item.index, image=item.name, source=item.source, rows=rows,
+                                              calls=setup.prior.calls, seconds=seconds, **extra))
+    results.add(item, rows, setup.prior.calls, seconds, images=lambda: images, has_gt=setup.has_gt)
+
+
+def gather_summary(setup: Setup, results: Results) -> dict:
+    """Stage 5: rank 0 gathers every rank's results and writes metrics.csv, summary.json and
+    comparison.png; every rank returns the summary."""
+    gathered = ddp.all_gather_object(results)
     summary = None
-    if rank == 0:
-        rows = sorted((r for g in gathered for r in g["rows"]), key=lambda r: r["index"])
-        comp = sorted((c for g in gathered for c in g["comp"]), key=lambda c: c["index"])
-        calls = [c for g in gathered for c in g["calls"]]
-        total_secs = [t for g in gathered for t in g["secs"]]
-        summary = summarize(rows, methods, calls, total_secs, cfg, has_gt)
-        summary["failures"] = failures + [f for g in gathered for f in g["failures"]]
-        summary["resumed_images"] = sum(g["skipped"] for g in gathered)
-        writer.write_metrics(rows)
-        writer.write_summary(summary)
-        writer.write_comparison(comp, methods)
-        if verbose:
+    if setup.rank == 0:
+        rows = sorted((r for g in gathered for r in g.rows), key=lambda r: r["index"])
+        comparison = sorted((c for g in gathered for c in g.comparison), key=lambda c: c["index"])
+        calls = [c for g in gathered for c in g.calls]
+        seconds = [t for g in gathered for t in g.seconds]
+        summary = summarize(rows, setup.methods, calls, seconds, setup.cfg, setup.has_gt)
+        summary["failures"] = setup.failures + [f for g in gathered for f in g.failures]
+        summary["resumed_images"] = sum(g.resumed for g in gathered)
+        setup.writer.write_metrics(rows)
+        setup.writer.write_summary(summary)
+        setup.writer.write_comparison(comparison, setup.methods)
+        if setup.verbose:
             print(format_table(summary))
-            print(f"results in {run_dir}")
-    summary = ddp.broadcast_object(summary)
-    if own_pg:
-        ddp.shutdown()
-    return summary
+            print(f"results in {setup.run_dir}")
+    return ddp.broadcast_object(summary)
 
 
 def summarize(rows: list[dict], methods: list[str], calls: list[int], total_secs: list[float],
-              cfg: dict, has_gt: bool) -> dict:
+              cfg: ReconConfig, has_gt: bool) -> dict:
     """summary.json content: per method mean/std of PSNR (dB), SSIM and seconds per image."""
     per = {}
     for m in methods:
@@ -576,10 +608,10 @@ def summarize(rows: list[dict], methods: list[str], calls: list[int], total_secs
         per[m] = dict(psnr=rio.mean_std([r["psnr"] for r in mine]) if has_gt else None,
                       ssim=rio.mean_std([r["ssim"] for r in mine]) if has_gt else None,
                       seconds_per_image=rio.mean_std([r["seconds"] for r in mine]))
-    return dict(n_images=len(total_secs), problem=cfg["problem"], solver=cfg["solver"],
-                prior=cfg["prior"], ground_truth=has_gt, methods=per,
+    return dict(n_images=len(total_secs), problem=cfg.problem, solver=cfg.solver,
+                prior=cfg.prior, ground_truth=has_gt, methods=per,
                 denoiser_calls_per_image=rio.mean_std(calls),
-                seconds_per_image=rio.mean_std(total_secs), run_dir=cfg["run_dir"], config=cfg)
+                seconds_per_image=rio.mean_std(total_secs), run_dir=cfg.run_dir, config=cfg.to_dict())
 
 
 def format_table(summary: dict) -> str:

@@ -44,11 +44,11 @@ import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from inverse.config import ReconConfig
 from inverse.operators import Operator
 from torch_utils import misc
 
 PADIS = "padis"
-VOLUME_DEFAULTS = dict(slab=16, z_coupling=0.0)
 
 
 class SliceCoupled(Operator):
@@ -131,52 +131,54 @@ def _errors(x: np.ndarray, gt: np.ndarray) -> dict:
 class VolumeContext:
     """What every slab of a run shares: network prior, sampler, schedule, operators per slab size."""
 
-    def __init__(self, cfg: dict, device: torch.device, shapes: set[tuple[int, int]], verbose: bool = True):
+    def __init__(self, cfg: ReconConfig, device: torch.device, shapes: set[tuple[int, int]], verbose: bool = True):
         from inverse.checkpoint_info import input_warnings, prior_problem, trained_patch_range, training_info
-        from inverse.reconstruct import (
+        from inverse.prior import (
             DEFAULT_PATCH_RANGE,
-            accepted_kwargs,
             build_prior,
             describe_grids,
             network_image_channels,
             resolve_grids,
-            resolve_schedule,
         )
+        from inverse.reconstruct import accepted_kwargs
         from inverse.samplers import SAMPLERS, get_sigmas_karras
         from torch_utils.persistence import load_network
 
-        self.cfg, self.device = cfg, device
-        net = load_network(cfg["network"], device=device)
-        info = training_info(cfg["network"])
-        if prior_problem(info, cfg["prior"]):
-            raise ValueError(f"{cfg['network']}: {prior_problem(info, cfg['prior'])}")
+        self.device = device
+        net = load_network(cfg.network, device=device)
+        info = training_info(cfg.network)
+        if prior_problem(info, cfg.prior):
+            raise ValueError(f"{cfg.network}: {prior_problem(info, cfg.prior)}")
         self.channels = network_image_channels(net)
         if self.channels != 1:
-            raise ValueError(f"--volume needs a single-channel network, {cfg['network']} denoises "
+            raise ValueError(f"--volume needs a single-channel network, {cfg.network} denoises "
                              f"{self.channels}-channel images")
-        cfg["patch_range"] = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
-        cfg["grid"] = resolve_grids(cfg, net, shapes)
+        patch_range = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
+        cfg = cfg.replace(patch_range=patch_range,
+                          grid=resolve_grids(cfg.prior, net, cfg.pad, cfg.psize, patch_range, shapes))
+        self.cfg = cfg
         if verbose:
-            for line in describe_grids(cfg["grid"], cfg["patch_range"]):
+            for line in describe_grids(cfg.grid, cfg.patch_range):
                 print(line, file=sys.stderr)
             for line in dict.fromkeys(w for s in sorted(shapes) for w in input_warnings(
-                    info, cfg["prior"], s, (cfg["grid"].get(f"{s[0]}x{s[1]}") or {}).get("psize"))):
+                    info, cfg.prior, s, (cfg.grid.get(f"{s[0]}x{s[1]}") or {}).get("psize"))):
                 print(f"warning: {line}", file=sys.stderr)
-        self.prior = build_prior(net, cfg)
-        self.sampler = SAMPLERS[cfg["solver"]]
-        self.solver_kwargs, _ = accepted_kwargs(self.sampler, cfg["solver_kwargs"])
-        sched = resolve_schedule(cfg)
-        self.sigmas = get_sigmas_karras(sched["steps"], sched["sigma_min"], sched["sigma_max"], device=device)
+        self.prior = build_prior(net, cfg.prior, pad=cfg.pad, psize=cfg.psize, stride=cfg.stride, batch=cfg.batch,
+                                 patch_range=cfg.patch_range, grid=cfg.grid, precision=cfg.precision,
+                                 channels_last=cfg.channels_last, compile=cfg.compile)
+        self.sampler = SAMPLERS[cfg.solver]
+        self.solver_kwargs, _ = accepted_kwargs(self.sampler, cfg.solver_kwargs)
+        self.sigmas = get_sigmas_karras(cfg.steps, cfg.sigma_min, cfg.sigma_max, device=device)
         self._ops: dict = {}
 
     def operator(self, shape: tuple[int, int], n: int) -> Operator:
         """The forward model of an n-slice slab (ct_cone: its own geometry per n)."""
         from inverse.operators import OPERATORS, make_operator
-        key = (shape, n if OPERATORS[self.cfg["problem"]].couples_batch else None)
+        key = (shape, n if OPERATORS[self.cfg.problem].couples_batch else None)
         if key not in self._ops:
             extra = dict(slices=n) if key[1] is not None else {}
-            self._ops[key] = make_operator(self.cfg["problem"], shape, channels=1, device=self.device,
-                                           **self.cfg["problem_kwargs"], **extra)
+            self._ops[key] = make_operator(self.cfg.problem, shape, channels=1, device=self.device,
+                                           **self.cfg.problem_kwargs, **extra)
         return self._ops[key]
 
 
@@ -201,17 +203,17 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         y = op.A(torch.from_numpy(gt)[:, None].to(device))
-        if cfg["noise"]:
-            y = op.noise(y, cfg["noise"], gen, absolute=cfg.get("noise_absolute", False))
+        if cfg.noise:
+            y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
     results, secs = {}, {}
-    for b in cfg["baselines"]:
-        kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg["tv_weight"], iters=cfg["tv_iters"]))
+    for b in cfg.baselines:
+        kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg.tv_weight, iters=cfg.tv_iters))
         with torch.no_grad():
             xb, secs[b] = _timed(lambda: BASELINES[b](op, y, **kw), device)
         results[b] = xb[:, 0].float().cpu().numpy()
     solve_op, solve_y = op, y
-    if cfg["z_coupling"]:
-        solve_op = SliceCoupled(op, cfg["z_coupling"])
+    if cfg.z_coupling:
+        solve_op = SliceCoupled(op, cfg.z_coupling)
         solve_y = solve_op.extend(y)
     ctx.prior.reset_calls()
     xr, secs[PADIS] = _timed(lambda: ctx.sampler(ctx.prior, solve_op, solve_y, ctx.sigmas, gen, callback=progress,
@@ -282,10 +284,10 @@ def volume_scores(records: list[dict], methods: list[str]) -> dict:
 def reconstruct_volume(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first_index: int, verbose: bool) -> dict:
     """All slabs of one volume (skipping those a resumed run finished), then its files; its record."""
     cfg = ctx.cfg
-    methods = list(cfg["baselines"]) + [PADIS]
+    methods = list(cfg.baselines) + [PADIS]
     tags = {m: "recon" if m == PADIS else m for m in methods}
     records = []
-    bounds = slab_bounds(vol.shape[0], cfg["slab"])
+    bounds = slab_bounds(vol.shape[0], cfg.slab)
     bar = tqdm(total=len(bounds), desc=vol.name, unit="slab", disable=not verbose)
     try:
         for z0, z1 in bounds:
@@ -298,7 +300,7 @@ def reconstruct_volume(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first
             for tag in [*tags.values(), "measurement"]:
                 (run_dir / f"{stem}_{tag}.npy").unlink(missing_ok=True)  # partial slab of a killed run
             gt = vol.slab(z0, z1)
-            results, y, secs, calls = solve_slab(ctx, gt, cfg["seed"] + first_index + z0)
+            results, y, secs, calls = solve_slab(ctx, gt, cfg.seed + first_index + z0)
             for m, x in results.items():
                 rio.save_npy(run_dir / f"{stem}_{tags[m]}.npy", x)
             rio.save_npy(run_dir / f"{stem}_measurement.npy", y)
@@ -334,38 +336,39 @@ def _gt_volume(vol: rio.Volume) -> np.ndarray:
     return np.concatenate([vol.slab(z0, z1) for z0, z1 in slab_bounds(vol.shape[0], 64)])
 
 
-def run_volume(cfg: dict) -> dict:
-    """Reconstruct every volume of ``cfg['input']``; write the run directory; return the summary."""
-    from inverse.reconstruct import check_prior_geometry, check_resume_config
+def run_volume(cfg: ReconConfig) -> dict:
+    """Reconstruct every volume of ``cfg.input``; write the run directory; return the summary."""
+    from inverse.prior import check_prior_geometry
+    from inverse.reconstruct import check_resume_config
     from torch_utils import distributed as ddp
 
-    cfg = {**VOLUME_DEFAULTS, **cfg}
-    if cfg.get("input") is None:
+    if cfg.input is None:
         raise ValueError("--volume reconstructs ground-truth volumes: give --input (not --measurements)")
-    device = torch.device(cfg["device"])
-    verbose = cfg.get("progress", True)
-    misc.check_writable(cfg["resume"] if cfg.get("resume") else cfg["outdir"])
-    volumes = [rio.open_volume(s, cfg["mat_key"], cfg["normalize"], cfg.get("hu_window"))
-               for s in rio.list_volume_sources(cfg["input"])]
+    device = torch.device(cfg.device)
+    verbose = cfg.progress
+    misc.check_writable(cfg.resume if cfg.resume else cfg.outdir)
+    volumes = [rio.open_volume(s, cfg.mat_key, cfg.normalize, cfg.hu_window)
+               for s in rio.list_volume_sources(cfg.input)]
     for v in volumes:
-        if cfg["image_size"] and list(v.shape[1:]) != list(cfg["image_size"]):
+        if cfg.image_size and list(v.shape[1:]) != list(cfg.image_size):
             raise ValueError(f"{v.source}: slices are {v.shape[1]}x{v.shape[2]}, expected --image-size "
-                             f"{cfg['image_size'][0]}x{cfg['image_size'][1]}")
-        check_prior_geometry(cfg, {tuple(v.shape[1:])})
-    slab_bounds(1, cfg["slab"])
+                             f"{cfg.image_size[0]}x{cfg.image_size[1]}")
+        check_prior_geometry(cfg.prior, cfg.pad, cfg.psize, {tuple(v.shape[1:])})
+    slab_bounds(1, cfg.slab)
     ctx = VolumeContext(cfg, device, {tuple(v.shape[1:]) for v in volumes}, verbose)
+    cfg = ctx.cfg  # with the chosen grid
     for v in volumes:  # operators (and their errors, e.g. cone beam on CPU) before any work
-        for n in sorted({z1 - z0 for z0, z1 in slab_bounds(v.shape[0], cfg["slab"])}):
+        for n in sorted({z1 - z0 for z0, z1 in slab_bounds(v.shape[0], cfg.slab)}):
             ctx.operator(tuple(v.shape[1:]), n)
-    if cfg.get("resume"):
-        run_dir = Path(cfg["resume"])
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
         check_resume_config(run_dir, cfg)
         misc.remove_stale_temps(run_dir)
     else:
-        run_dir = misc.new_run_dir(cfg["outdir"], f"{cfg['problem']}-{cfg['solver']}-volume")
-    cfg["run_dir"] = str(run_dir)
-    if not cfg.get("resume"):
-        misc.atomic_write_json(run_dir / "config.json", cfg)
+        run_dir = misc.new_run_dir(cfg.outdir, f"{cfg.problem}-{cfg.solver}-volume")
+    cfg = cfg.replace(run_dir=str(run_dir))
+    if not cfg.resume:
+        misc.atomic_write_json(run_dir / "config.json", cfg.to_dict())
     records, first = [], 0
     for v in volumes:
         done = run_dir / f"{v.name}_metrics.json"
@@ -381,8 +384,8 @@ def run_volume(cfg: dict) -> dict:
     return summary
 
 
-def _write_summary(run_dir: Path, records: list[dict], cfg: dict) -> dict:
-    methods = list(cfg["baselines"]) + [PADIS]
+def _write_summary(run_dir: Path, records: list[dict], cfg: ReconConfig) -> dict:
+    methods = list(cfg.baselines) + [PADIS]
     rows = [dict(image=r["volume"], method=m, psnr=r["methods"][m]["psnr"], ssim=r["methods"][m]["ssim"],
                  seconds=r["methods"][m]["seconds"]) for r in records for m in methods]
     writer = rio.ResultWriter(run_dir)
@@ -392,8 +395,8 @@ def _write_summary(run_dir: Path, records: list[dict], cfg: dict) -> dict:
                    seconds_per_volume=rio.mean_std([r["seconds"] for r in rows if r["method"] == m]))
            for m in methods}
     summary = dict(mode="volume", n_volumes=len(records), n_slices=sum(r["shape"][0] for r in records),
-                   problem=cfg["problem"], solver=cfg["solver"], prior=cfg["prior"], ground_truth=True,
-                   methods=per, volumes=records, failures=[], run_dir=str(run_dir), config=cfg)
+                   problem=cfg.problem, solver=cfg.solver, prior=cfg.prior, ground_truth=True,
+                   methods=per, volumes=records, failures=[], run_dir=str(run_dir), config=cfg.to_dict())
     writer.write_summary(summary)
     return summary
 

@@ -84,10 +84,10 @@ def test_same_measurements_across_methods(setup):
     nets = dict(patch=str(patch), whole=str(whole))
     a = bq.cell_config("ct_parbeam_8", "dds", nets, images, root, "cpu", 0, {})
     b = bq.cell_config("ct_parbeam_8", "dps", nets, images, root, "cpu", 0, {})
-    assert a["baselines"] == ["fbp", "tv"] and b["baselines"] == []
-    assert a["tv_iters"] == bq.TV_ITERS and a["solver_kwargs"]["lam"] == bq.PROBLEMS["ct_parbeam_8"][4]
+    assert a.baselines == ["fbp", "tv"] and b.baselines == []
+    assert a.tv_iters == bq.TV_ITERS and a.solver_kwargs["lam"] == bq.PROBLEMS["ct_parbeam_8"].lam
     same = ("input", "problem", "problem_kwargs", "noise", "seed", "pad", "psize")
-    assert all(a[k] == b[k] for k in same) and b["solver_kwargs"] == dict(inner=10, dc_grad="full")
+    assert all(getattr(a, k) == getattr(b, k) for k in same) and b.solver_kwargs == dict(inner=10, dc_grad="full")
 
 
 def test_bad_names(setup):

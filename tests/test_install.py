@@ -33,8 +33,8 @@ def test_installed_copy_finds_its_checkpoint_and_slices(installed, tmp_path):
     for script in ("padis-train", "padis-reconstruct", "padis-generate", "padis-demo"):
         assert (installed / "bin" / script).is_file()
     assert (installed / "padis_checkpoints" / "ct_head_small.safetensors").is_file()
-    probe = run_installed(installed, ["-c", "import inverse.cli, inverse.demo; print(inverse.cli.default_network()); "
-                                      "print(inverse.demo.HELD_OUT)"], tmp_path)
+    probe = run_installed(installed, ["-c", "import inverse.cli, inverse.cases; print(inverse.cli.default_network()); "
+                                      "print(inverse.cases.HELD_OUT)"], tmp_path)
     assert probe.returncode == 0, probe.stderr
     network, held_out = probe.stdout.split()
     assert network == str(installed / "padis_checkpoints" / "ct_head_small.safetensors")

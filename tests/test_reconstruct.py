@@ -333,12 +333,13 @@ def test_fp16_on_cpu_is_a_usage_error(assets, tmp_path):
 
 
 def test_resume_accepts_config_written_before_the_speed_options(tmp_path):
-    from inverse.reconstruct import RUN_DEFAULTS, check_resume_config
-    old = dict(problem="denoise", solver="dds", seed=0, outdir="out")
+    from inverse.config import ReconConfig
+    from inverse.reconstruct import check_resume_config
+    old = dict(network="net.safetensors", problem="denoise", solver="dds", seed=0, outdir="out")
     (tmp_path / "config.json").write_text(json.dumps(old))
-    check_resume_config(tmp_path, {**old, **RUN_DEFAULTS, "compile": True})  # compile is free
+    check_resume_config(tmp_path, ReconConfig(**old, compile=True))  # compile is free
     with pytest.raises(ValueError, match="option 'precision' was 'fp32' in that run, now 'bf16'"):
-        check_resume_config(tmp_path, dict(old, **dict(RUN_DEFAULTS, precision="bf16")))
+        check_resume_config(tmp_path, ReconConfig(**old, precision="bf16"))
 
 
 def test_parallel_baselines_give_the_same_results(assets, tmp_path):

@@ -443,7 +443,7 @@ def test_cli_impossible_patch_geometry(assets, tmp_path, cli):
                                 + ["--pad-width", "-1"]), 2, "--pad-width")
     else:
         args = ["--network", assets["net"], "--input", assets["recon"], "--outdir", tmp_path] + RECON
-        _one_line_error(_invoke(inverse_nodist, args + ["--psize", "16"]), 1, "psize=16", "valid psize values")
+        _one_line_error(_invoke(inverse_nodist, args + ["--psize", "16"]), 1, "--psize 16", "valid psize values")
         _one_line_error(_invoke(inverse_nodist, args + ["--psize", "0"]), 2, "--psize")
     assert not _run_dirs(tmp_path)
 

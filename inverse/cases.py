@@ -1,0 +1,60 @@
+"""The shipped evaluation cases: held-out CT head slices and the problems the demo and the
+benchmarks run on them (tuned settings), and copying the inputs into a run's folder.
+
+``CASES`` maps a case name to a :class:`Case`. TV weights and dds ``lam`` were chosen on the
+tuning slice (``TUNING_SLICE``), which is never evaluated (benchmarks/tune_tv.py,
+benchmarks/tune_solver.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+from inverse.shipped import ct_head_dir
+
+REPO = Path(__file__).resolve().parents[1]
+HELD_OUT = (ct_head_dir() or REPO / "datasets" / "ct_head") / "test"  # a checkout's, or the installed copy
+ONE_SLICE = HELD_OUT / "slice_049.png"
+TUNING_SLICE = "slice_004"  # TV weights and dds lam were chosen on it: never evaluated
+EVAL_SLICES = "held-out"  # Case.source for "every held-out slice except TUNING_SLICE"
+
+
+class Case(NamedTuple):
+    """One problem with its tuned settings."""
+
+    problem: str  # key of inverse.operators.OPERATORS
+    source: str | Path  # an image file, or EVAL_SLICES
+    options: dict  # operator options (ReconConfig.problem_kwargs)
+    noise: float  # measurement noise level (ReconConfig.noise)
+    tv_weight: float  # TV baseline weight, tuned on TUNING_SLICE
+    lam: float  # dds prior weight, tuned on TUNING_SLICE
+
+
+CASES = {
+    "ct_parbeam_20": Case("ct_parbeam", EVAL_SLICES, dict(views=20), 0.005, 1e-3, 0.01),
+    "ct_fanbeam_40": Case("ct_fanbeam", ONE_SLICE, dict(views=40), 0.005, 1e-3, 0.01),
+    "ct_lact_120deg": Case("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, 3e-4, 0.003),
+    "deblur_uniform_9": Case("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, 1e-3, 0.1),
+    "super_x4": Case("super", ONE_SLICE, dict(factor=4), 0.01, 3e-2, 0.01),
+}
+
+
+def stage_images(files, folder: Path) -> Path:
+    """Copy ``files`` into ``folder`` (runs read a directory); files already there are kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if not (folder / f.name).exists():
+            shutil.copy2(f, folder / f.name)
+    return folder
+
+
+def eval_slice_files() -> list[Path]:
+    """The held-out slices except the tuning slice, sorted."""
+    return [f for f in sorted(HELD_OUT.glob("slice_*.png")) if f.stem != TUNING_SLICE]
+
+
+def stage_eval_slices(folder: Path) -> Path:
+    """Copy the held-out slices except the tuning slice into ``folder``."""
+    return stage_images(eval_slice_files(), folder)

@@ -1,0 +1,60 @@
+"""inverse.config.ReconConfig: defaults, strict from_dict, to_dict, and resuming run
+directories whose config.json was written before the dataclass existed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inverse.config import ReconConfig
+from inverse.reconstruct import check_resume_config
+
+# config.json of a run made by the code before ReconConfig (every key it wrote; paths made relative).
+OLD_CONFIG = {
+    "precision": "fp32", "channels_last": False, "compile": False, "images_per_batch": 2,
+    "parallel_baselines": False, "network": "checkpoints/ct_head_small.safetensors", "input": "in",
+    "measurements": None, "image_size": None, "mat_key": "images", "normalize": False, "max_images": None,
+    "hu_window": None, "problem": "ct_parbeam", "noise": 0.005, "problem_kwargs": {"views": 20},
+    "prior": "patch", "pad": None, "psize": None, "stride": None, "batch": None, "solver": "dds",
+    "solver_kwargs": {}, "steps": 3, "sigma_min": 0.003, "sigma_max": 1.0, "baselines": ["fbp", "tv"],
+    "tv_weight": None, "tv_iters": 5, "outdir": "out", "seed": 0, "resume": None, "device": "cpu",
+    "patch_range": [16, 64], "grid": {"256x256": {"pad": 24, "psize": 56, "chosen": True}},
+    "run_dir": "out/00000-ct_parbeam-dds",
+}
+
+
+def test_from_dict_rejects_unknown_keys_and_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown reconstruction option\(s\) 'stepz'; valid: network, problem, "):
+        ReconConfig.from_dict(dict(network="n.safetensors", problem="denoise", stepz=3))
+    with pytest.raises(ValueError, match="'network' missing"):
+        ReconConfig.from_dict(dict(problem="denoise"))
+    with pytest.raises(ValueError, match="'stepz'"):
+        ReconConfig(network="n", problem="denoise").replace(stepz=3)
+
+
+def test_defaults_round_trip_and_resolution():
+    cfg = ReconConfig(network="n.safetensors", problem="ct_parbeam")
+    assert cfg.baselines == ["fbp", "tv"] and cfg.solver == "dds" and cfg.noise is None
+    assert ReconConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    r = cfg.replace(device="cpu").resolved()
+    assert (r.noise, r.steps, r.sigma_min, r.sigma_max) == (0.005, 20, 0.003, 1.0)
+    assert ReconConfig(network="n", problem="denoise", steps=7).resolved().noise == 0.01
+    assert ReconConfig(network="n", problem="denoise", steps=7, device="cpu").resolved().steps == 7
+
+
+def test_old_config_json_resumes(tmp_path, monkeypatch):
+    """A run directory written before ReconConfig resumes with the same options (also from
+    another working directory for relative paths, the free fields changed) and refuses
+    a changed option naming it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(OLD_CONFIG))
+    same = ReconConfig.from_dict({k: v for k, v in OLD_CONFIG.items() if k not in ("run_dir", "grid", "patch_range")})
+    check_resume_config(tmp_path, same.replace(outdir="elsewhere", device="cuda", compile=True, progress=False,
+                                               resume=str(tmp_path)))
+    check_resume_config(tmp_path, same.replace(network=str(tmp_path / OLD_CONFIG["network"])))
+    with pytest.raises(ValueError, match="option 'steps' was 3 in that run, now 4"):
+        check_resume_config(tmp_path, same.replace(steps=4))
+    (tmp_path / "config.json").write_text(json.dumps(dict(OLD_CONFIG, stepz=1)))
+    with pytest.raises(ValueError, match="resume=.*unknown reconstruction option"):
+        check_resume_config(tmp_path, same)
