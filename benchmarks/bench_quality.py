@@ -152,7 +152,7 @@ def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list
     summary = run(cfg)
     records = [cell_record(problem, method, summary)]
     if method == DEFAULT_METHOD:
-        records += [cell_record(problem, b, summary, source=method_label(b, cfg["problem"])) for b in ("fbp", "tv")]
+        records += [cell_record(problem, b, summary, source=method_label(b, cfg.problem)) for b in ("fbp", "tv")]
     (bench / "cells").mkdir(parents=True, exist_ok=True)
     for r in records:
         r["wall_seconds"] = time.perf_counter() - t0
