@@ -40,6 +40,8 @@ def _int_list(ctx, param, value):
 @click.option("--mat-key", default="images", help="Variable name in .mat/.npz files.")
 @click.option("--normalize", is_flag=True, help="Min-max scale each image to [0, 1].")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images.")
+@click.option("--xflip", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="Augment with left-right mirror images (the data set doubles; the paper's --xflip=1 too).")
 @click.option("--arch", type=HintChoice(sorted(ARCHS), adm="the paper's ADM (DhariwalUNet) is not implemented; "
                                       "use ddpmpp (the paper's CT prior) or ncsnpp"),
               default="small", help="Network architecture.")
@@ -104,7 +106,7 @@ def main(**opts):
         raise click.BadParameter(f"{opts['batch_gpu']} does not divide --batch {opts['batch']}",
                                  param_hint="--batch-gpu")
     cfg = dict(outdir=opts["outdir"], desc=opts["desc"], data=opts["data"], mat_key=opts["mat_key"],
-               normalize=opts["normalize"], max_images=opts["max_images"], arch=opts["arch"],
+               normalize=opts["normalize"], max_images=opts["max_images"], xflip=opts["xflip"], arch=opts["arch"],
                arch_overrides=overrides, transfer=opts["transfer"], batch=opts["batch"], batch_mul_base=opts["batch_mul_base"],
                batch_gpu=opts["batch_gpu"], lr=opts["lr"],
                lr_rampup_kimg=opts["lr_rampup"], ema_halflife_kimg=opts["ema"],

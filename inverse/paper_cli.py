@@ -145,7 +145,6 @@ TRAIN_OPTIONS = [
                                               "(0: none; --patch-sizes whole for whole images)")),
     PaperOption("--augment", click.FloatRange(0, 1), only("--augment", 0, "padis has no augmentation pipeline "
                                                           "(the paper's README commands use --augment=0)")),
-    PaperOption("--xflip", click.BOOL, only("--xflip", False, "dataset x-flips are not implemented; drop it")),
     PaperOption("--fp16", click.BOOL, _set("precision", "fp16", "--fp16")),
     PaperOption("--ls", click.FloatRange(min=0, min_open=True), only("--ls", 1, "loss scaling is automatic here "
                                                                      "(a GradScaler with --precision fp16)")),

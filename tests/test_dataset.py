@@ -190,3 +190,13 @@ def test_image_dataset_and_shards(tmp_path, rng):
     np.save(tmp_path / "t.npy", rng.random((H + 1, W)))
     with pytest.raises(ValueError, match=r"image 't' has shape \(1, 13, 10\).*needs one size"):
         ImageDataset(tmp_path)
+
+
+def test_xflip_doubles_with_mirror_images():
+    images = torch.arange(2 * 1 * 3 * 4, dtype=torch.float32).reshape(2, 1, 3, 4)
+    ds = ImageDataset(images=images, names=["a", "b"], xflip=True)
+    assert len(ds) == 4 and ds.names == ["a", "b", "a-xflip", "b-xflip"]
+    torch.testing.assert_close(ds[2], images[0].flip(-1))
+    torch.testing.assert_close(ds[1], images[1])
+    assert ds.kwargs["xflip"] is True
+    assert len(ImageDataset(images=images)) == 2

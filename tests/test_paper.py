@@ -199,13 +199,15 @@ def _dry(train_data, tmp_path, *args):
     (["--real_p=0.3"], "real_p", 0.3),
     (["--pad_width=2"], "pad_width", 2),
     (["--batch-gpu=2"], "batch_gpu", 2),
-    (["--xflip=0", "--cache=1", "--ls=1", "--train_on_latents=0", "--progressive=0", "--four_channels=1",
+    (["--xflip=1"], "xflip", True),                           # ours too: the paper's spelling
+    (["--xflip"], "xflip", True),
+    (["--cond=0", "--cache=1", "--ls=1", "--train_on_latents=0", "--progressive=0", "--four_channels=1",
       "--hash_channels=1", "--padding=1", "--augment=0", "--bench=1"], "precision", "fp32"),
 ])
 def test_paper_train_options_accepted(train_data, tmp_path, args, key, value):
     cfg, err = _dry(train_data, tmp_path, *args)
     assert cfg[key] == value
-    assert ("paper command" in err) == any(a.split("=")[0] not in ("--ema", "--real_p", "--pad_width", "--batch-gpu")
+    assert ("paper command" in err) == any(a.split("=")[0] not in ("--ema", "--real_p", "--pad_width", "--batch-gpu", "--xflip")
                                            for a in args)
 
 
@@ -214,7 +216,6 @@ def test_paper_train_options_accepted(train_data, tmp_path, args, key, value):
     (["--precond=vp"], "--precond=vp (the paper's option): padis implements EDM preconditioning only"),
     (["--padding=0"], "--padding=0 (the paper's option): the paper's code marks training without padding"),
     (["--augment=0.12"], "--augment=0.12 (the paper's option): padis has no augmentation pipeline"),
-    (["--xflip=1"], "--xflip=1 (the paper's option): dataset x-flips are not implemented"),
     (["--ls=100"], "--ls=100.0 (the paper's option): loss scaling is automatic here"),
     (["--cache=0"], "--cache=0 (the paper's option): padis always holds the training images in memory"),
     (["--nosubdir"], "--nosubdir (the paper's option): padis writes every run into a new OUTDIR/NNNNN-DESC"),

@@ -382,6 +382,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     Images must share one size and channel count (a clear error names the first that does not).
     ``shard(rank, world_size)`` gives the images of one DDP rank (``images[rank::world_size]``).
+    ``xflip`` appends every image mirrored left-right (``len`` doubles; mirrors named ``NAME-xflip``).
     """
 
     def __init__(self,
@@ -389,10 +390,11 @@ class ImageDataset(torch.utils.data.Dataset):
                  mat_key: str = "images",                # Variable name in .mat/.npz files.
                  normalize: bool = False,                # Min-max scale each image to [0, 1].
                  max_images: int | None = None,          # Use at most this many images.
+                 xflip: bool = False,                    # Also each image mirrored left-right.
                  images: torch.Tensor | None = None,     # Or: the (N, C, H, W) tensor itself.
                  names: list[str] | None = None):        # Names of the given images.
         self.kwargs = dict(path=str(path) if path is not None else None, mat_key=mat_key,
-                           normalize=normalize, max_images=max_images)
+                           normalize=normalize, max_images=max_images, xflip=xflip)
         if images is None:
             if path is None:
                 raise ValueError("ImageDataset: give a path or an images tensor")
@@ -406,8 +408,12 @@ class ImageDataset(torch.utils.data.Dataset):
             images = torch.from_numpy(np.stack([img for _, img in items]))
         if images.ndim != 4:
             raise ValueError(f"ImageDataset: images of shape {tuple(images.shape)}; expected (N, C, H, W)")
+        names = list(names) if names is not None else [f"{k:05d}" for k in range(len(images))]
+        if xflip:  # EDM's --xflip: the data set doubled by mirror images (x = the width axis)
+            images = torch.cat([images, images.flip(-1)])
+            names = names + [f"{n}-xflip" for n in names]
         self.images = images
-        self.names = list(names) if names is not None else [f"{k:05d}" for k in range(len(images))]
+        self.names = names
 
     @property
     def resolution(self) -> tuple[int, int]:

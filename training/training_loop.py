@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = dict(
     data=None,                   # Training images: directory or file (training.dataset formats).
     mat_key="images",            # Variable name in .mat/.npz files.
     normalize=False,             # Min-max scale each image to [0, 1].
+    xflip=False,                 # Augment: the data set doubled by left-right mirror images.
     max_images=None,             # Use at most this many images.
     arch="small",                # Name in training.networks.ARCHS.
     arch_overrides={},           # SongUNet kwargs replacing those of the arch.
@@ -234,7 +235,7 @@ def _run(c: dict, device: torch.device) -> dict:
 
     # Data.
     dataset = ImageDataset(c["data"], mat_key=c["mat_key"], normalize=c["normalize"],
-                           max_images=c["max_images"])
+                           max_images=c["max_images"], xflip=c["xflip"])
     height, width = dataset.resolution
     local = dataset.shard(rank, world)
     images = local.images.to(device)
