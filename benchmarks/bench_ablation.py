@@ -6,7 +6,7 @@ efficiency (10 vs all training slices, patch vs whole-image), all on 20-view par
         --model "patch, 89 slices=runs/default/00000-ct_head-small/network-snapshot-001295.safetensors" \\
         --model "whole, 89 slices=runs/ablation/00001-whole/network-snapshot-000400.safetensors@whole" ...
 
-Every row reconstructs the same held-out slices (without the tuning slice 004) from the same
+Every row reconstructs the same held-out test slices from the same
 measurements with the default solver of ``bench_quality.py`` (dds, 20 levels; ``--method`` to
 change it) through ``inverse.reconstruct.run``. ``--psizes`` (``PSIZE:PAD`` pairs, one row each)
 sweeps the patch size of the stitched prior for ``--network``; each ``--model
@@ -142,7 +142,8 @@ def ablation_table(rows: list[dict]) -> str:
 @click.option("--model", "models", multiple=True, help="LABEL=PATH[@whole]: one more row (psize 56, pad 24).")
 @click.option("--images", default=str(REPO / "datasets/ct_head/test"), show_default=True,
               type=click.Path(exists=True, file_okay=False))
-@click.option("--exclude", default="slice_004", show_default=True, help="Comma list of tuning slices to skip.")
+@click.option("--exclude", default="", show_default=True,
+              help="Comma list of slices to skip (the tuning slices live apart, in datasets/ct_head/tune).")
 @click.option("--slices", default=None, type=click.IntRange(min=1), help="Slices per row [default: all].")
 @click.option("--method", default=bq.DEFAULT_METHOD, show_default=True,
               type=click.Choice([m for m, s in bq.METHODS.items() if not s.get("baseline")]))

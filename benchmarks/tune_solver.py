@@ -49,7 +49,7 @@ def _number(text: str):
 
 @click.command()
 @click.option("--network", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--images", default=str(REPO / "datasets/ct_head/test/slice_004.png"),
+@click.option("--images", default=str(REPO / "datasets/ct_head/tune/slice_055.png"),
               help="Tuning image file or directory.")
 @click.option("--max-images", default=1, type=int, help="Use the first N images of --images.")
 @click.option("--problem", default="ct_parbeam")

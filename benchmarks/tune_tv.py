@@ -1,6 +1,6 @@
 """Choose the TV baseline's weight per problem on one held-out slice (then exclude it).
 
-    python benchmarks/tune_tv.py --slice datasets/ct_head/test/slice_004.png --iters 500
+    python benchmarks/tune_tv.py --slice datasets/ct_head/tune/slice_055.png --iters 500
 
 For each demo case (``inverse.cases.CASES``) simulates y from the slice with the case's noise
 level and seed 0, runs PDHG-TV for every weight of ``--weights`` and prints PSNR/SSIM per
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 
 @click.command()
-@click.option("--slice", "slice_path", default=str(REPO / "datasets/ct_head/test/slice_004.png"),
+@click.option("--slice", "slice_path", default=str(REPO / "datasets/ct_head/tune/slice_055.png"),
               type=click.Path(exists=True, dir_okay=False), help="Tuning image (excluded from evaluation).")
 @click.option("--weights", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2", help="Comma list of TV weights.")
 @click.option("--iters", default=500, type=click.IntRange(min=1), help="PDHG iterations.")

@@ -15,15 +15,20 @@ Processing (deterministic, no randomness):
    face, so rows are flipped to put the face at the top, as CT slices are usually shown;
 3. keep slices "with tissue": at least ``min_tissue`` (10 %) of the pixels above ``tissue_hu``
    (-300 HU); this drops the blurred partial-volume slices above the vertex;
-4. split: every ``stride``-th tissue slice (9, starting at stride // 2) is held out for testing,
-   the stride shrinks if that gives fewer than ``min_test`` (8) slices; the rest is training.
-   The held-out slices never enter ``train.mat`` or ``train/``.
+4. split into contiguous slabs, so that no test slice has a training neighbour: the
+   ``test_slabs`` (default slices 20-29 at the skull base and 82-91 near the vertex) are held out
+   for testing, the ``tune_slabs`` (default 55-56, mid-brain) for choosing weights and solver
+   settings, and ``gap`` (4) slices on each side of every held-out slab belong to no split
+   (6 mm at the 1.5 mm slice spacing). The remaining tissue slices are training. Adjacent slices
+   of one volume are near-duplicates, so an interleaved split would measure memorisation.
+   The held-out and gap slices never enter ``train.mat`` or ``train/``.
 
 Outputs in OUTDIR (default ``data/ct_head``, git-ignored): ``train.mat`` (variable ``images``,
 H x W x N float32 in [0, 1], the paper's layout; MAT v5), ``train/slice_NNN.png`` and
-``test/slice_NNN.png`` (16-bit grayscale, NNN = slice index in the volume), ``test.npz``
-(``images`` N x H x W float32 in [0, 1], ``slice_indices``) and ``split.json``. ``--ship DIR``
-also writes the held-out split (the same ``test.npz``, pngs, ``split.json``) into DIR,
+``test/slice_NNN.png``, ``tune/slice_NNN.png`` (16-bit grayscale, NNN = slice index in the
+volume), ``test.npz`` and ``tune.npz`` (``images`` N x H x W float32 in [0, 1], ``slice_indices``)
+and ``split.json``. ``--ship DIR`` also writes the held-out slices (the same npz files, pngs and
+``split.json``) into DIR,
 which is how ``datasets/ct_head/`` in the repository was made::
 
     python datasets/make_ct_head.py --outdir data/ct_head --ship datasets/ct_head --overwrite
@@ -59,8 +64,9 @@ SEARCH_ROOTS = (
 )
 TISSUE_HU = -300.0  # a pixel above this is soft tissue or bone
 MIN_TISSUE = 0.10  # a slice "has tissue" if at least this fraction of its pixels does
-STRIDE = 9  # every 9th tissue slice is held out
-MIN_TEST = 8  # shrink the stride until at least this many slices are held out
+TEST_SLABS = ((20, 29), (82, 91))  # inclusive volume slice ranges: skull base, near the vertex
+TUNE_SLABS = ((55, 56),)  # mid-brain: TV weights and solver settings are chosen here, never scored
+GAP = 4  # slices on each side of a held-out slab that belong to no split
 MAT_HEADER = b"MATLAB 5.0 MAT-file, written by padis datasets/make_ct_head.py"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps inside .npz so outputs are byte-identical
 
@@ -138,27 +144,44 @@ def tissue_slices(hu: np.ndarray, tissue_hu: float = TISSUE_HU, min_fraction: fl
     return np.flatnonzero(fraction >= min_fraction)
 
 
-def effective_stride(n: int, stride: int = STRIDE, min_test: int = MIN_TEST) -> int:
-    """The stride split_indices uses for n slices: ``stride`` shrunk (not below 2) to hold out min_test."""
-    if n < 2 or stride < 2:
-        raise ValueError(f"need >= 2 tissue slices and stride >= 2 to split, got {n} and {stride}")
-    while stride > 2 and len(range(stride // 2, n, stride)) < min_test:
-        stride -= 1
-    return stride
+def _slab_members(indices: np.ndarray, slabs, role: str) -> np.ndarray:
+    """The indices inside the inclusive ranges ``slabs``; ValueError if a slab leaves ``indices``."""
+    members = []
+    for lo, hi in slabs:
+        if lo > hi or not set(range(lo, hi + 1)) <= set(indices.tolist()):
+            raise ValueError(f"{role} slab {lo}-{hi} must be a range of tissue slices "
+                             f"({indices.min()}-{indices.max()} here)")
+        members.extend(range(lo, hi + 1))
+    return np.array(sorted(members), dtype=indices.dtype)
 
 
-def split_indices(indices: np.ndarray, stride: int = STRIDE, min_test: int = MIN_TEST) -> tuple[np.ndarray, np.ndarray]:
-    """Split slice indices into (train, test): test is every stride-th one, from stride // 2.
+def split_indices(indices: np.ndarray, test_slabs=TEST_SLABS, tune_slabs=TUNE_SLABS,
+                  gap: int = GAP) -> dict[str, np.ndarray]:
+    """Split tissue slice indices into contiguous slabs: {'train', 'tune', 'test', 'gap'}.
 
-    The stride shrinks (down to 2) until at least ``min_test`` are held out, so training never
-    gets fewer slices than the test set. Disjoint, both sorted. ValueError for < 2 indices.
+    ``test_slabs`` / ``tune_slabs``: inclusive (first, last) volume slice numbers, each inside
+    ``indices``. The ``gap`` slices on each side of every held-out slab go to 'gap' (no split).
+    The four sets are disjoint and sorted and cover ``indices``. ValueError when slabs overlap,
+    a tune slice lies within ``gap`` of a test slice, or no training slice is left.
     """
     indices = np.asarray(indices)
-    stride = effective_stride(len(indices), stride, min_test)
-    test_pos = np.arange(stride // 2, len(indices), stride)
-    mask = np.zeros(len(indices), dtype=bool)
-    mask[test_pos] = True
-    return indices[~mask], indices[mask]
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
+    test = _slab_members(indices, test_slabs, "test")
+    tune = _slab_members(indices, tune_slabs, "tune")
+    if len(test) == 0:
+        raise ValueError("need at least one test slab")
+    if len(set(test.tolist())) < len(test) or set(test.tolist()) & set(tune.tolist()):
+        raise ValueError("test and tune slabs must not overlap")
+    if len(tune) and np.abs(tune[:, None] - test[None, :]).min() <= gap:
+        raise ValueError(f"every tune slice must be more than gap={gap} slices from every test slice")
+    held = np.concatenate([test, tune])
+    near = np.abs(indices[:, None] - held[None, :]).min(axis=1) <= gap
+    gap_idx = indices[near & ~np.isin(indices, held)]
+    train = indices[~near]
+    if len(train) == 0:
+        raise ValueError("the slabs and their gaps leave no training slice")
+    return {"train": train, "tune": tune, "test": test, "gap": gap_idx}
 
 
 def to_uint16(images: np.ndarray) -> np.ndarray:
@@ -202,9 +225,30 @@ def write_mat(path: Path, images: np.ndarray, overwrite: bool) -> None:
     atomic_write_with(path, writer, overwrite=overwrite)
 
 
+def _parse_slabs(text: str, option: str) -> tuple[tuple[int, int], ...]:
+    """'20-29,82-91' -> ((20, 29), (82, 91)); '' -> (); ValueError naming ``option`` otherwise."""
+    slabs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, sep, hi = part.partition("-")
+        try:
+            slabs.append((int(lo), int(hi) if sep else int(lo)))
+        except ValueError:
+            raise ValueError(f"{option}: {part!r} is not a slice range like 20-29") from None
+    return tuple(slabs)
+
+
+def _write_held_out(folder: Path, images: np.ndarray, parts: dict, text: str, overwrite: bool) -> None:
+    """The held-out slices of every role (test, tune) as pngs and npz, plus split.json, in folder."""
+    for role in ("test", "tune"):
+        idx = parts[role]
+        write_pngs(folder / role, images[idx], idx, overwrite)
+        write_npz(folder / f"{role}.npz", {"images": images[idx], "slice_indices": idx}, overwrite)
+    atomic_write_bytes(folder / "split.json", text.encode(), overwrite=overwrite)
+
+
 def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head", hu_min: float = HU_MIN,
           hu_max: float = HU_MAX, tissue_hu: float = TISSUE_HU, min_tissue: float = MIN_TISSUE,
-          stride: int = STRIDE, min_test: int = MIN_TEST, ship: str | Path | None = None,
+          test_slabs=TEST_SLABS, tune_slabs=TUNE_SLABS, gap: int = GAP, ship: str | Path | None = None,
           overwrite: bool = False, small_train: tuple[int, ...] = ()) -> dict:
     """Make the data set (see the module docstring); returns the split record written to split.json.
 
@@ -215,7 +259,8 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
     hu = orient_upright(hu)
     images = hu_to_unit(hu, hu_min, hu_max)  # (slices, H, W) float32 in [0, 1]
     tissue = tissue_slices(hu, tissue_hu, min_tissue)
-    train, test = split_indices(tissue, stride, min_test)
+    parts = split_indices(tissue, test_slabs, tune_slabs, gap)
+    train = parts["train"]
     record = {
         "source": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                    "package": "invesalius-examples (Debian)", "name": meta.get("name"),
@@ -223,10 +268,13 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
         "window": {"hu_min": hu_min, "hu_max": hu_max, "map": "clip((HU - hu_min) / (hu_max - hu_min), 0, 1)"},
         "orientation": "rows flipped: face at the top",
         "tissue": {"hu": tissue_hu, "min_fraction": min_tissue},
-        "split": {"stride": stride, "min_test": min_test, "used_stride": effective_stride(len(tissue), stride, min_test),
-                  "rule": "test = every used_stride-th tissue slice from position used_stride // 2"},
+        "split": {"test_slabs": [list(s) for s in test_slabs], "tune_slabs": [list(s) for s in tune_slabs],
+                  "gap": gap, "rule": "contiguous held-out slabs (inclusive slice ranges); the gap slices "
+                                      "on each side of a held-out slab belong to no split; the rest is training"},
         "train_indices": train.tolist(),
-        "test_indices": test.tolist(),
+        "tune_indices": parts["tune"].tolist(),
+        "test_indices": parts["test"].tolist(),
+        "gap_indices": parts["gap"].tolist(),
     }
     subsets = {}
     for n in small_train:
@@ -240,17 +288,11 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
     for n, idx in subsets.items():
         write_mat(out / f"train_{n}.mat", images[idx], overwrite)
     write_pngs(out / "train", images[train], train, overwrite)
-    write_pngs(out / "test", images[test], test, overwrite)
-    write_npz(out / "test.npz", {"images": images[test], "slice_indices": test}, overwrite)
     text = re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]",
                   json.dumps(record, indent=2)) + "\n"  # number lists on one line
-    atomic_write_bytes(out / "split.json", text.encode(), overwrite=overwrite)
+    _write_held_out(out, images, parts, text, overwrite)
     if ship is not None:  # held-out slices only: small enough for the repository
-        ship = Path(ship)
-        ship.mkdir(parents=True, exist_ok=True)
-        write_pngs(ship / "test", images[test], test, overwrite)
-        write_npz(ship / "test.npz", {"images": images[test], "slice_indices": test}, overwrite)
-        atomic_write_bytes(ship / "split.json", text.encode(), overwrite=overwrite)
+        _write_held_out(Path(ship), images, parts, text, overwrite)
     return record
 
 
@@ -263,22 +305,27 @@ def build(source: str | Path | None = None, outdir: str | Path = "data/ct_head",
 @click.option("--tissue-hu", type=float, default=TISSUE_HU, show_default=True, help="Tissue pixel threshold.")
 @click.option("--min-tissue", type=click.FloatRange(0, 1), default=MIN_TISSUE, show_default=True,
               help="Fraction of tissue pixels a kept slice needs.")
-@click.option("--stride", type=click.IntRange(min=2), default=STRIDE, show_default=True,
-              help="Every stride-th tissue slice is held out.")
-@click.option("--min-test", type=click.IntRange(min=1), default=MIN_TEST, show_default=True)
+@click.option("--test-slabs", default=",".join(f"{a}-{b}" for a, b in TEST_SLABS), show_default=True,
+              help="Held-out test slabs: inclusive volume slice ranges.")
+@click.option("--tune-slabs", default=",".join(f"{a}-{b}" for a, b in TUNE_SLABS), show_default=True,
+              help="Held-out tuning slabs ('' = none).")
+@click.option("--gap", type=click.IntRange(min=0), default=GAP, show_default=True,
+              help="Slices on each side of a held-out slab left out of every split.")
 @click.option("--ship", type=click.Path(path_type=Path), default=None,
               help="Also write the held-out split here (e.g. datasets/ct_head).")
 @click.option("--small-train", type=click.IntRange(min=1), multiple=True,
               help="Also write train_N.mat with N evenly spaced training slices (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def main(**kwargs) -> None:
-    """Make data/ct_head (train.mat, pngs, test.npz, split.json) from the InVesalius Cranium CT."""
+    """Make data/ct_head (train.mat, pngs, test.npz, tune.npz, split.json) from the InVesalius Cranium CT."""
     try:
+        kwargs["test_slabs"] = _parse_slabs(kwargs["test_slabs"], "--test-slabs")
+        kwargs["tune_slabs"] = _parse_slabs(kwargs["tune_slabs"], "--tune-slabs")
         record = build(**kwargs)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"train {len(record['train_indices'])} slices, test {len(record['test_indices'])} slices "
-               f"{record['test_indices']} -> {kwargs['outdir']}")
+    click.echo(f"train {len(record['train_indices'])} slices, tune {record['tune_indices']}, "
+               f"test {record['test_indices']} -> {kwargs['outdir']}")
 
 
 if __name__ == "__main__":

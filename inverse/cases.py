@@ -1,9 +1,10 @@
 """The shipped evaluation cases: held-out CT head slices and the problems the demo and the
 benchmarks run on them (tuned settings), and copying the inputs into a run's folder.
 
-``CASES`` maps a case name to a :class:`Case`. TV weights and dds ``lam`` were chosen on the
-tuning slice (``TUNING_SLICE``), which is never evaluated (benchmarks/tune_tv.py,
-benchmarks/tune_solver.py).
+``CASES`` maps a case name to a :class:`Case`. TV weights and dds ``lam`` are chosen on the
+tuning slices (``TUNE_DIR``, a slab of their own that is never evaluated; benchmarks/tune_tv.py,
+benchmarks/tune_solver.py). The test slices (``HELD_OUT``) are two contiguous slabs with gaps
+to every training slice (datasets/ct_head/README.md).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import NamedTuple
 from inverse.shipped import ct_head_dir
 
 REPO = Path(__file__).resolve().parents[1]
-HELD_OUT = (ct_head_dir() or REPO / "datasets" / "ct_head") / "test"  # a checkout's, or the installed copy
-ONE_SLICE = HELD_OUT / "slice_049.png"
-TUNING_SLICE = "slice_004"  # TV weights and dds lam were chosen on it: never evaluated
-EVAL_SLICES = "held-out"  # Case.source for "every held-out slice except TUNING_SLICE"
+DATA = ct_head_dir() or REPO / "datasets" / "ct_head"  # a checkout's, or the installed copy
+HELD_OUT = DATA / "test"  # the test slabs: scored, never tuned on
+TUNE_DIR = DATA / "tune"  # the tuning slices: weights and solver settings are chosen here, never scored
+ONE_SLICE = HELD_OUT / "slice_025.png"  # mid skull-base slab
+EVAL_STRIDE = 2  # the demo scores every second test slice (10 of 20) to stay within 5 minutes
+EVAL_SLICES = "held-out"  # Case.source for "every EVAL_STRIDE-th test slice"
 
 
 class Case(NamedTuple):
@@ -28,8 +31,8 @@ class Case(NamedTuple):
     source: str | Path  # an image file, or EVAL_SLICES
     options: dict  # operator options (ReconConfig.problem_kwargs)
     noise: float  # measurement noise level (ReconConfig.noise)
-    tv_weight: float  # TV baseline weight, tuned on TUNING_SLICE
-    lam: float  # dds prior weight, tuned on TUNING_SLICE
+    tv_weight: float  # TV baseline weight, tuned on the tuning slices
+    lam: float  # dds prior weight, tuned on the tuning slices
 
 
 CASES = {
@@ -51,10 +54,10 @@ def stage_images(files, folder: Path) -> Path:
 
 
 def eval_slice_files() -> list[Path]:
-    """The held-out slices except the tuning slice, sorted."""
-    return [f for f in sorted(HELD_OUT.glob("slice_*.png")) if f.stem != TUNING_SLICE]
+    """The demo's evaluation slices: every EVAL_STRIDE-th test slice, sorted."""
+    return sorted(HELD_OUT.glob("slice_*.png"))[::EVAL_STRIDE]
 
 
 def stage_eval_slices(folder: Path) -> Path:
-    """Copy the held-out slices except the tuning slice into ``folder``."""
+    """Copy the demo's evaluation slices into ``folder``."""
     return stage_images(eval_slice_files(), folder)

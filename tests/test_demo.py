@@ -10,12 +10,13 @@ from click.testing import CliRunner
 from inverse import cases, demo
 
 
-def test_ct_case_uses_held_out_slices_without_tuning_slice(tmp_path: Path):
+def test_ct_case_uses_held_out_slices_only(tmp_path: Path):
     cfg = demo.case_config("ct_parbeam_20", "net.safetensors", tmp_path, "cpu", 0, 24, 56)
     staged = sorted(p.stem for p in Path(cfg.input).iterdir())
     held_out = sorted(p.stem for p in cases.HELD_OUT.glob("slice_*.png"))
-    assert cases.TUNING_SLICE in held_out and cases.TUNING_SLICE not in staged
-    assert staged == [s for s in held_out if s != cases.TUNING_SLICE] and len(staged) == 10
+    tune = sorted(p.stem for p in cases.TUNE_DIR.glob("slice_*.png"))
+    assert tune and not set(tune) & set(held_out)
+    assert staged == held_out[::2] and len(staged) == 10
     assert cfg.solver == "dds" and cfg.solver_kwargs["lam"] == cases.CASES["ct_parbeam_20"].lam
 
 

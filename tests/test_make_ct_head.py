@@ -85,27 +85,45 @@ def test_tissue_selection():
     assert len(mch.tissue_slices(fake_volume(), min_fraction=0.5)) == 0
 
 
-@pytest.mark.parametrize("n", [2, 5, 16, 34, 72, 100])
-def test_split_disjoint_and_large_enough(n: int):
-    idx = np.arange(100, 100 + n)
-    train, test = mch.split_indices(idx)
-    assert not set(train) & set(test)
-    assert sorted(set(train) | set(test)) == idx.tolist()
-    assert len(train) >= len(test) >= 1
-    if n >= 16:  # enough slices for stride >= 2 to hold out 8
-        assert len(test) >= 8
-    if n >= 72:  # the nominal stride already gives 8: every 9th from the 5th
-        np.testing.assert_array_equal(test, idx[4::9])
-    with pytest.raises(ValueError):
-        mch.split_indices(idx[:1])
+FAKE_SLABS = dict(test_slabs=((8, 11), (30, 33)), tune_slabs=((20, 20),), gap=2)  # tissue is 3..36
+
+
+def test_split_slabs_with_gaps():
+    idx = np.arange(3, 37)
+    parts = mch.split_indices(idx, **FAKE_SLABS)
+    np.testing.assert_array_equal(parts["test"], [8, 9, 10, 11, 30, 31, 32, 33])
+    np.testing.assert_array_equal(parts["tune"], [20])
+    np.testing.assert_array_equal(parts["gap"], [6, 7, 12, 13, 18, 19, 21, 22, 28, 29, 34, 35])
+    np.testing.assert_array_equal(np.sort(np.concatenate(list(parts.values()))), idx)  # a partition
+    held = np.concatenate([parts["test"], parts["tune"]])
+    assert np.abs(parts["train"][:, None] - held[None, :]).min() > FAKE_SLABS["gap"]  # no near-duplicates
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(test_slabs=((1, 4),), tune_slabs=()), "test slab 1-4 must be a range of tissue slices"),
+    (dict(test_slabs=((8, 11),), tune_slabs=((13, 13),), gap=2), "more than gap=2"),
+    (dict(test_slabs=((8, 11), (10, 12)), tune_slabs=()), "must not overlap"),
+    (dict(test_slabs=((3, 36),), tune_slabs=()), "no training slice"),
+    (dict(test_slabs=(), tune_slabs=()), "at least one test slab"),
+])
+def test_split_rejects_bad_slabs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mch.split_indices(np.arange(3, 37), **kwargs)
+
+
+def test_parse_slabs():
+    assert mch._parse_slabs("20-29, 82-91", "--test-slabs") == ((20, 29), (82, 91))
+    assert mch._parse_slabs("55", "--tune-slabs") == ((55, 55),) and mch._parse_slabs("", "x") == ()
+    with pytest.raises(ValueError, match="--tune-slabs: 'a-b'"):
+        mch._parse_slabs("a-b", "--tune-slabs")
 
 
 def test_build_outputs(inv3: Path, tmp_path: Path):
     out, ship = tmp_path / "out", tmp_path / "ship"
-    rec = mch.build(source=inv3.parent, outdir=out, ship=ship)
-    train, test = rec["train_indices"], rec["test_indices"]
-    assert len(test) >= 8 and not set(train) & set(test)
-    assert sorted(train + test) == list(range(3, 37))
+    rec = mch.build(source=inv3.parent, outdir=out, ship=ship, **FAKE_SLABS)
+    train, test, tune = rec["train_indices"], rec["test_indices"], rec["tune_indices"]
+    assert test == [8, 9, 10, 11, 30, 31, 32, 33] and tune == [20]
+    assert sorted(train + test + tune + rec["gap_indices"]) == list(range(3, 37))
 
     mat = scipy.io.loadmat(out / "train.mat")
     images = mat["images"]
@@ -119,6 +137,8 @@ def test_build_outputs(inv3: Path, tmp_path: Path):
     np.testing.assert_array_equal(npz["images"], expected[test])
     assert sorted(p.name for p in (out / "test").iterdir()) == [f"slice_{i:03d}.png" for i in test]
     assert sorted(p.name for p in (out / "train").iterdir()) == [f"slice_{i:03d}.png" for i in train]
+    assert sorted(p.name for p in (ship / "tune").iterdir()) == ["slice_020.png"]
+    np.testing.assert_array_equal(np.load(ship / "tune.npz")["images"], expected[tune])
     png = np.array(Image.open(out / "test" / f"slice_{test[0]:03d}.png"))
     assert png.dtype == np.uint16
     np.testing.assert_allclose(png / 65535.0, expected[test[0]], atol=1 / 65535)
@@ -133,14 +153,18 @@ def test_build_outputs(inv3: Path, tmp_path: Path):
 def test_deterministic(inv3: Path, tmp_path: Path):
     runner = CliRunner()
     for name in ("a", "b"):
-        res = runner.invoke(mch.main, ["--source", str(inv3), "--outdir", str(tmp_path / name)])
+        res = runner.invoke(mch.main, ["--source", str(inv3), "--outdir", str(tmp_path / name),
+                                       "--test-slabs", "8-11,30-33", "--tune-slabs", "20", "--gap", "2"])
         assert res.exit_code == 0, res.output
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 3 + 34  # train.mat, test.npz, split.json and one png per tissue slice
+    assert len(files) == 4 + 34 - 12  # train.mat, 2 npz, split.json and one png per non-gap tissue slice
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-    res = runner.invoke(mch.main, ["--source", str(inv3), "--outdir", str(tmp_path / "a")])
+    res = runner.invoke(mch.main, ["--source", str(inv3), "--outdir", str(tmp_path / "a"),
+                                   "--test-slabs", "8-11,30-33", "--tune-slabs", "20", "--gap", "2"])
     assert res.exit_code != 0 and "already exists" in res.output
+    res = runner.invoke(mch.main, ["--source", str(inv3), "--outdir", str(tmp_path / "c")])  # default slabs
+    assert res.exit_code == 1 and "test slab 82-91 must be a range of tissue slices" in res.output
 
 
 def test_missing_source(tmp_path: Path, monkeypatch):
@@ -194,15 +218,15 @@ def test_real_cranium(tmp_path: Path):
     assert vol.shape == (108, 256, 256) and vol.dtype == np.int16
     assert meta["matrix"]["shape"] == [108, 256, 256]
     rec = mch.build(outdir=tmp_path / "ct")
-    assert len(rec["test_indices"]) == 11 and len(rec["train_indices"]) == 89
-    assert rec["test_indices"] == list(range(4, 100, 9))
-    shipped = ROOT / "datasets" / "ct_head" / "test.npz"
-    if shipped.exists():  # the committed held-out split is what the script makes
-        assert shipped.read_bytes() == (tmp_path / "ct" / "test.npz").read_bytes()
+    assert rec["test_indices"] == list(range(20, 30)) + list(range(82, 92)) and rec["tune_indices"] == [55, 56]
+    assert len(rec["train_indices"]) == 54 and np.abs(np.subtract.outer(rec["train_indices"], rec["test_indices"])).min() > 4
+    for name in ("test.npz", "tune.npz", "split.json"):  # the committed held-out split is what the script makes
+        shipped = ROOT / "datasets" / "ct_head" / name
+        assert shipped.read_bytes() == (tmp_path / "ct" / name).read_bytes(), name
 
 
 def test_small_train_subset(inv3: Path, tmp_path: Path):
-    rec = mch.build(source=inv3.parent, outdir=tmp_path, small_train=(5,))
+    rec = mch.build(source=inv3.parent, outdir=tmp_path, small_train=(5,), **FAKE_SLABS)
     sub = rec["train_5_indices"]
     assert len(sub) == 5 and set(sub) <= set(rec["train_indices"])
     assert sub[0] == rec["train_indices"][0] and sub[-1] == rec["train_indices"][-1]  # spread end to end
@@ -211,4 +235,4 @@ def test_small_train_subset(inv3: Path, tmp_path: Path):
     pos = [rec["train_indices"].index(i) for i in sub]
     np.testing.assert_array_equal(images, full[:, :, pos])
     with pytest.raises(ValueError, match="--small-train"):
-        mch.build(source=inv3.parent, outdir=tmp_path / "x", small_train=(10_000,))
+        mch.build(source=inv3.parent, outdir=tmp_path / "x", small_train=(10_000,), **FAKE_SLABS)
