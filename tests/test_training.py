@@ -191,7 +191,10 @@ def test_sigterm_sigint_write_training_state(data_dir, tmp_path, monkeypatch, si
     [run] = _runs(tmp_path)
     [st] = list(run.glob("training-state-*.pt"))
     assert _state(st)["step"] == 3
-    assert f"stopped by signal {int(signum)}" in (run / "log.txt").read_text()
+    for suffix in (".safetensors", ".json", ".pkl"):  # the network of that step too
+        assert (run / f"network-snapshot-000003{suffix}").is_file()
+    assert f"stopped by signal {int(signum)} at step 3; training state and network snapshot written" \
+        in (run / "log.txt").read_text()
     assert signal.getsignal(signum) == before  # handler restored
 
 

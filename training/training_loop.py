@@ -55,6 +55,7 @@ from training.patch_loss import (
     patch_shape,
     sample_patch_size,
 )
+from training.resume_check import state_mismatch
 
 DEFAULTS: dict[str, Any] = dict(
     outdir="runs",               # Parent of the run directories.
@@ -273,6 +274,10 @@ def _run(c: dict, device: torch.device) -> dict:
     step, nimg, tick, tick_start_nimg, nonfinite_total = 0, 0, 0, 0, 0
     if resume_path is not None:
         state = _load_state(resume_path)
+        current = dict(c, image_channels=dataset.channels, image_resolution=[height, width])
+        why = state_mismatch(state, current, net, ema)
+        if why:
+            raise ValueError(f"{resume_path}: training state does not match this network/config: {why}")
         try:
             net.load_state_dict(state["net"])
             ema.load_state_dict(state["ema"])
@@ -426,13 +431,14 @@ def _run(c: dict, device: torch.device) -> dict:
 
     if pbar is not None:
         pbar.close()
-    if step > 0 or interrupted:
-        if not interrupted:
-            writer.snapshot(step, nimg)
+    if step > 0 or interrupted:  # interrupted too: the state first (what resume needs), then the network
         writer.state(_gather_state(net, ema, opt, scaler, size_gen, data_gen, device, step, nimg, tick,
                                    tick_start_nimg, nonfinite_total))
+        if step > 0:
+            writer.snapshot(step, nimg)
     if interrupted:
-        log(f"stopped by signal {int(interrupted)} at step {step}; training state written")
+        log(f"stopped by signal {int(interrupted)} at step {step}; training state"
+            f"{' and network snapshot' if step > 0 else ''} written")
     else:
         log(f"done: step {step}, {nimg / 1000:.3f} kimg, {nonfinite_total} non-finite steps skipped")
     debug_dir = os.environ.get(DEBUG_CHECKSUM_ENV)
