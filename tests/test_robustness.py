@@ -371,7 +371,7 @@ def _bad_inputs(root: Path, size: int) -> dict[str, tuple[Path, list[str]]]:
     case("unreadable_file", root / "garbage.png", "garbage.png", "unreadable image file")
     rgba = root / "rgba.png"
     Image.fromarray(np.zeros((size, size, 4), np.uint8), "RGBA").save(rgba)
-    case("wrong_channel_count", rgba, "rgba.png", "4 channels", "expected 1 (grayscale) or 3 (RGB)")
+    case("wrong_channel_count", rgba, "rgba.png", "RGBA has transparent pixels", "expected an opaque image")
     np.save(root / "nan.npy", np.where(np.eye(size) > 0, np.inf, 0.5).astype(np.float32))
     case("nan_inf", root / "nan.npy", "nan.npy", "NaN or Inf", "expected finite values")
     np.save(root / "range.npy", np.linspace(-1, 2, size * size, dtype=np.float32).reshape(size, size))
