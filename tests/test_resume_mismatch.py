@@ -58,4 +58,4 @@ def test_cli_resume_with_other_padding_names_it(tmp_path):
     assert CliRunner().invoke(train.main, [str(a) for a in args]).exit_code == 0
     (state,) = (tmp_path / "runs").glob("*/training-state-*.pt")
     res = CliRunner().invoke(train.main, [str(a) for a in [*args, "--pad-width", "8", "--resume", state]])
-    assert res.exit_code == 1 and "config field 'pad_width' was 4 in the saved run, now 8" in res.output
+    assert res.exit_code == 1 and "config field '--pad-width' was 4 in the saved run, now 8" in res.output  # the CLI spells it as its flag
