@@ -303,6 +303,8 @@ class VolumeProjector:
         import torch
 
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # ODL's backend wants 'cuda:N'
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.image_shape, self.sino_shape = tuple(image_shape), tuple(sino_shape)
         self.make_geometry = make_geometry
         self.fbp, self.fbp_adjoint = fbp_projector.fbp, fbp_projector.fbp_adjoint
