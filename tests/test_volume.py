@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -283,3 +284,50 @@ def test_parallel_volume_projector_on_cuda_matches_slice_projector(generator, mo
     monkeypatch.setattr(geo.Projector, "adjoint", host_path)
     out = cuda.AT(cuda.A(x.cuda()))
     assert out.device.type == "cuda" and out.shape == x.shape
+
+
+class _FakeSpace:
+    """What VolumeProjector uses of an ODL space: element(tensor).data and weighting.const."""
+
+    def __init__(self, const: float):
+        self.weighting = SimpleNamespace(const=const)
+
+    def element(self, t):
+        return SimpleNamespace(data=t)
+
+
+class _SliceStackRay:
+    """A 3D parallel-beam ray transform stand-in on CPU: ODL's 2D transform applied to each z (the
+    property the 3D geometry has by construction), in ODL's (H, W, N) / (views, det, N) layout and
+    with ODL's weighted adjoint, so the test checks VolumeProjector's layout and scaling. (Called
+    under ASTRA_LOCK by VolumeProjector: it uses the ODL operators directly, not Projector.)"""
+
+    def __init__(self, plane: geo.Projector, dz: float):
+        self.domain = _FakeSpace(geo._const_weight(plane.ray.domain) * dz)
+        self.range = _FakeSpace(geo._const_weight(plane.ray.range) * dz)
+        ray = plane.ray
+
+        def per_z(op, e):
+            slices = e.data.permute(2, 0, 1).numpy()
+            return SimpleNamespace(data=torch.from_numpy(np.stack([op(s).asarray() for s in slices])).permute(1, 2, 0))
+
+        self._forward = lambda e: per_z(ray, e)
+        self.adjoint = lambda e: per_z(ray.adjoint, e)
+
+    def __call__(self, e):
+        return self._forward(e)
+
+
+def test_volume_projector_layout_and_scaling_on_a_cpu_stand_in(monkeypatch, generator):
+    """VolumeProjector's permutes and plain-sum scaling, with the 3D transform replaced by the
+    per-slice one (the CUDA test checks the real 3D geometry)."""
+    plane = geo.Projector(geo.image_space((12, 10)), geo.parallel_geometry(views=5, det_count=16))
+    dz = float(geo.image_space((12, 10)).cell_sides[0])
+    vp = geo.VolumeProjector((12, 10), lambda z, n: None, plane.sino_shape, "cpu", plane)
+    monkeypatch.setattr(geo.tomo, "RayTransform", lambda space, geometry, impl: _SliceStackRay(plane, dz))
+    x = torch.rand(4, 12, 10, generator=generator)
+    y = torch.rand(4, 5, 16, generator=generator)
+    torch.testing.assert_close(vp.forward(x), torch.from_numpy(plane.forward(x.numpy())))
+    torch.testing.assert_close(vp.adjoint(y), torch.from_numpy(plane.adjoint(y.numpy())), rtol=1e-5, atol=1e-5)
+    assert vp.adjoint_mismatch(4) < 1e-5
+    np.testing.assert_allclose(vp.fbp(y.numpy()), plane.fbp(y.numpy()))
