@@ -37,6 +37,7 @@ import resource
 import signal
 import time
 import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -200,53 +201,155 @@ def run(cfg: dict | None = None, **kwargs) -> dict:
         torch.set_num_threads(threads)
 
 
+@dataclass
+class Progress:
+    """Where training stands; saved in and restored from the training state as one object
+    (its fields are top-level keys of the state, plus ``kimg`` for readers)."""
+
+    step: int = 0  # optimizer updates
+    nimg: int = 0  # training images (patches) seen
+    tick: int = 0  # ticks completed
+    tick_start_nimg: int = 0  # nimg when the current tick began
+    nonfinite_total: int = 0  # steps skipped for a non-finite loss
+
+    def to_state(self) -> dict:
+        return dict(step=self.step, nimg=self.nimg, kimg=self.nimg / 1000, tick=self.tick,
+                    tick_start_nimg=self.tick_start_nimg, nonfinite_total=self.nonfinite_total)
+
+    @classmethod
+    def from_state(cls, state: dict) -> Progress:
+        return cls(**{f.name: int(state[f.name]) for f in fields(cls)})
+
+
+@dataclass
+class _TickStats:
+    """What the current tick accumulated (reset when a tick ends)."""
+
+    steps: int = 0
+    loss: float = 0.0
+    patches: int = 0
+    skips: int = 0
+    t0: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Training:
+    """Everything the steps and ticks of one run share."""
+
+    c: dict
+    device: torch.device
+    rank: int
+    world: int
+    rounds: int  # microbatches per step (gradient accumulation)
+    batch_gpu: int  # base images per microbatch
+    images: torch.Tensor  # this rank's shard of the training images, on the device
+    sizes: list
+    probs: list[float]
+    batch_mul: dict
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    loss_fn: PatchEDMLoss
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    size_gen: torch.Generator  # patch size of each step (CPU, the same on every rank)
+    data_gen: torch.Generator  # indices, crops, sigmas, noise (device, per rank)
+    ddp: torch.nn.Module = None  # net, or its DistributedDataParallel wrapper
+    writer: _Writer = None
+    log: _Logger = None
+    lr: float = 0.0  # learning rate of the last update
+    nonfinite_run: int = 0  # non-finite losses in a row
+
+    def gather_state(self, progress: Progress) -> dict:
+        """The training state (collective: every rank contributes its random-stream states)."""
+        mine = dict(data=self.data_gen.get_state().cpu(), cpu=torch.get_rng_state(),
+                    cuda=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
+        streams = dist.all_gather_object(mine)
+        return dict(net=self.net.state_dict(), ema=self.ema.state_dict(), optimizer=self.opt.state_dict(),
+                    scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                    **progress.to_state(),
+                    rng=dict(size=self.size_gen.get_state(), data=[s["data"] for s in streams],
+                             cpu=[s["cpu"] for s in streams], cuda=[s["cuda"] for s in streams]))
+
+
 def _run(c: dict, device: torch.device) -> dict:
     rank, world = dist.rank(), dist.world_size()
+    rounds, batch_gpu = _batch_geometry(c, world)
+    resume_path, reuse_dir = _resume_source(c, rank)
+    if rank == 0:  # fail before any work if the outputs cannot be written
+        misc.check_writable(reuse_dir or c["outdir"])
+    dataset = ImageDataset(c["data"], mat_key=c["mat_key"], normalize=c["normalize"], max_images=c["max_images"],
+                           xflip=c["xflip"])
+    t = _set_up_training(c, device, rank, world, rounds, batch_gpu, dataset)
+    progress = _restore(t, resume_path, dataset) if resume_path is not None else Progress()
+    run_dir, cfg_out = _open_run_dir(t, dataset, reuse_dir, resume_path, progress)
+    if world > 1:
+        t.ddp = torch.nn.parallel.DistributedDataParallel(
+            t.net, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+    dataset_kwargs = dict(class_name="training.dataset.ImageDataset", **dataset.kwargs,
+                          resolution=list(dataset.resolution), channels=dataset.channels)
+    t.writer = _Writer(run_dir, rank == 0, t.ema, t.loss_fn, dataset_kwargs, cfg_out)
+    interrupted = _train(t, progress)
+    if progress.step > 0 or interrupted:  # interrupted too: the state first (what resume needs), then the network
+        t.writer.state(t.gather_state(progress))
+        if progress.step > 0:
+            t.writer.snapshot(progress.step, progress.nimg)
+    if interrupted:
+        t.log(f"stopped by signal {int(interrupted)} at step {progress.step}; training state"
+              f"{' and network snapshot' if progress.step > 0 else ''} written")
+    else:
+        t.log(f"done: step {progress.step}, {progress.nimg / 1000:.3f} kimg, {progress.nonfinite_total} "
+              "non-finite steps skipped")
+    debug_dir = os.environ.get(DEBUG_CHECKSUM_ENV)
+    if debug_dir:
+        misc.atomic_write_json(Path(debug_dir) / f"params-rank{rank}.json",
+                               dict(rank=rank, step=progress.step, net=_param_checksum(t.net),
+                                    ema=_param_checksum(t.ema)))
+    dist.barrier()
+    dist.shutdown()
+    return dict(run_dir=run_dir, step=progress.step, nimg=progress.nimg, interrupted=int(interrupted))
 
-    # Batch geometry.
+
+def _batch_geometry(c: dict, world: int) -> tuple[int, int]:
+    """(microbatches per step, base images per microbatch); sets ``c['batch']`` if None."""
     if c["batch"] is None:
         c["batch"] = world
     if c["batch"] <= 0:
-        raise ValueError(f"--batch must be positive, got {c['batch']}")
+        raise ValueError(f"batch must be positive, got {c['batch']}")
     if c["batch"] % world:
-        raise ValueError(f"--batch {c['batch']} is not divisible by the {world} processes")
+        raise ValueError(f"batch={c['batch']} is not divisible by the {world} processes")
     batch_rank = c["batch"] // world
     batch_gpu = c["batch_gpu"] or batch_rank
     if batch_rank % batch_gpu:
-        raise ValueError(f"--batch-gpu {batch_gpu} does not divide the per-process batch {batch_rank}")
-    rounds = batch_rank // batch_gpu
+        raise ValueError(f"batch_gpu={batch_gpu} does not divide the per-process batch {batch_rank}")
+    return batch_rank // batch_gpu, batch_gpu
 
-    # Resume source.
-    resume_path: Path | None = None
-    reuse_dir: Path | None = None
+
+def _resume_source(c: dict, rank: int) -> tuple[Path | None, Path | None]:
+    """(training state to resume from, run directory to continue in) for ``c['resume']``."""
     if c["resume"] == "auto":
         desc = c["desc"] or _default_desc(c)
         found = dist.broadcast_object(str(find_latest_state(c["outdir"], desc) or "") if rank == 0 else None)
         if found:
-            resume_path = Path(found)
-            reuse_dir = resume_path.parent
-    elif c["resume"]:
-        resume_path = Path(c["resume"])
-        if not resume_path.is_file():
-            raise FileNotFoundError(f"{resume_path}: training state not found (--resume)")
+            return Path(found), Path(found).parent
+        return None, None
+    if c["resume"]:
+        path = Path(c["resume"])
+        if not path.is_file():
+            raise FileNotFoundError(f"resume={path}: training state not found")
+        return path, None
+    return None, None
 
-    # Fail before any work if the outputs cannot be written.
-    if rank == 0:
-        misc.check_writable(reuse_dir or c["outdir"])
 
-    # Data.
-    dataset = ImageDataset(c["data"], mat_key=c["mat_key"], normalize=c["normalize"],
-                           max_images=c["max_images"], xflip=c["xflip"])
+def _set_up_training(c: dict, device: torch.device, rank: int, world: int, rounds: int, batch_gpu: int,
+                     dataset: ImageDataset) -> _Training:
+    """Patch geometry, network (identical initialisation on every rank), EMA, loss, optimizer
+    and the random streams, seeded."""
     height, width = dataset.resolution
-    local = dataset.shard(rank, world)
-    images = local.images.to(device)
-    pad = c["pad_width"]
-    sizes = c["patch_sizes"]
+    pad, sizes = c["pad_width"], c["patch_sizes"]
     canvas = (height + 2 * pad, width + 2 * pad)
     probs = patch_probabilities(len(sizes), c["real_p"])
     batch_mul = batch_multipliers(sizes, canvas=max(canvas), base=c["batch_mul_base"])
-
-    # Network (identical initialisation on every rank), loss, optimizer, EMA.
+    images = dataset.shard(rank, world).images.to(device)
     torch.manual_seed(c["seed"])
     positional = c.get("positional", True) and sizes != [WHOLE]
     if c["transfer"]:
@@ -254,12 +357,7 @@ def _run(c: dict, device: torch.device) -> dict:
     else:
         net = build_network(c["arch"], img_resolution=max(canvas), image_channels=dataset.channels,
                             positional=positional, **c["arch_overrides"]).to(device)
-    factor = 2 ** (len(net.init_kwargs["channel_mult"]) - 1)
-    for s in sizes:
-        h, w = patch_shape(s, (height, width), pad)
-        if h % factor or w % factor:
-            raise ValueError(f"patch size {s} gives {h}x{w} patches; with {len(net.init_kwargs['channel_mult'])} "
-                             f"network levels both sides must be divisible by {factor}")
+    _check_patch_shapes(net, sizes, (height, width), pad)
     net.train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     loss_fn = PatchEDMLoss(pad_width=pad, **c["loss_kwargs"])
@@ -270,184 +368,180 @@ def _run(c: dict, device: torch.device) -> dict:
     torch.manual_seed(c["seed"] + 1 + rank)
     if device.type == "cuda":
         torch.cuda.manual_seed(c["seed"] + 1 + rank)
+    return _Training(c=c, device=device, rank=rank, world=world, rounds=rounds, batch_gpu=batch_gpu,
+                     images=images, sizes=sizes, probs=probs, batch_mul=batch_mul, net=net, ema=ema, ddp=net,
+                     loss_fn=loss_fn, opt=opt, scaler=scaler, size_gen=size_gen, data_gen=data_gen, lr=c["lr"])
 
-    step, nimg, tick, tick_start_nimg, nonfinite_total = 0, 0, 0, 0, 0
-    if resume_path is not None:
-        state = _load_state(resume_path)
-        current = dict(c, image_channels=dataset.channels, image_resolution=[height, width])
-        why = state_mismatch(state, current, net, ema)
-        if why:
-            raise ValueError(f"{resume_path}: training state does not match this network/config: {why}")
-        try:
-            net.load_state_dict(state["net"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ValueError(f"{resume_path}: training state does not match this network/config "
-                             f"({str(exc).splitlines()[0]})") from None
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step, nimg, tick = int(state["step"]), int(state["nimg"]), int(state["tick"])
-        tick_start_nimg, nonfinite_total = int(state["tick_start_nimg"]), int(state["nonfinite_total"])
-        rng = state["rng"]
-        size_gen.set_state(rng["size"])
-        if len(rng["data"]) == world:
-            data_gen.set_state(rng["data"][rank])
-            torch.set_rng_state(rng["cpu"][rank])
-            if device.type == "cuda" and rng["cuda"][rank] is not None:
-                torch.cuda.set_rng_state(rng["cuda"][rank], device)
-        else:
-            warnings.warn(f"{resume_path}: saved with {len(rng['data'])} processes, now {world}; "
-                          "per-process random streams restart from the seed")
-        del state
 
-    # Run directory (rank 0 makes it; everyone learns its path).
+def _check_patch_shapes(net: torch.nn.Module, sizes: list, image_hw: tuple[int, int], pad: int) -> None:
+    levels = len(net.init_kwargs["channel_mult"])
+    factor = 2 ** (levels - 1)
+    for s in sizes:
+        h, w = patch_shape(s, image_hw, pad)
+        if h % factor or w % factor:
+            raise ValueError(f"patch size {s} gives {h}x{w} patches; with {levels} "
+                             f"network levels both sides must be divisible by {factor}")
+
+
+def _restore(t: _Training, path: Path, dataset: ImageDataset) -> Progress:
+    """Network, EMA, optimizer, scaler and random streams from the training state ``path``
+    (which must fit this network, config and data: training.resume_check)."""
+    state = _load_state(path)
+    current = dict(t.c, image_channels=dataset.channels, image_resolution=list(dataset.resolution))
+    why = state_mismatch(state, current, t.net, t.ema)
+    if why:
+        raise ValueError(f"{path}: training state does not match this network/config: {why}")
+    try:
+        t.net.load_state_dict(state["net"])
+        t.ema.load_state_dict(state["ema"])
+        t.opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: training state does not match this network/config "
+                         f"({str(exc).splitlines()[0]})") from None
+    if state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    t.size_gen.set_state(rng["size"])
+    if len(rng["data"]) == t.world:
+        t.data_gen.set_state(rng["data"][t.rank])
+        torch.set_rng_state(rng["cpu"][t.rank])
+        if t.device.type == "cuda" and rng["cuda"][t.rank] is not None:
+            torch.cuda.set_rng_state(rng["cuda"][t.rank], t.device)
+    else:
+        warnings.warn(f"{path}: saved with {len(rng['data'])} processes, now {t.world}; "
+                      "per-process random streams restart from the seed")
+    return Progress.from_state(state)
+
+
+def _open_run_dir(t: _Training, dataset: ImageDataset, reuse_dir: Path | None, resume_path: Path | None,
+                  progress: Progress) -> tuple[Path, dict]:
+    """Rank 0 makes the run directory (or continues in the resumed one) and writes the config;
+    every rank learns its path. Starts the log. Returns (run_dir, the config written)."""
+    c, rank = t.c, t.rank
     run_dir = None
     if rank == 0:
-        if reuse_dir is not None:
-            run_dir = reuse_dir
-        else:
-            desc = c["desc"] or _default_desc(c)
-            run_dir = misc.new_run_dir(c["outdir"], desc)
+        run_dir = reuse_dir if reuse_dir is not None else misc.new_run_dir(c["outdir"], c["desc"] or _default_desc(c))
     run_dir = Path(dist.broadcast_object(str(run_dir) if run_dir else None))
-    cfg_out = dict(c, run_dir=str(run_dir), world_size=world, resumed_from=str(resume_path or ""),
+    height, width = dataset.resolution
+    cfg_out = dict(c, run_dir=str(run_dir), world_size=t.world, resumed_from=str(resume_path or ""),
                    image_resolution=[height, width], image_channels=dataset.channels,
-                   batch_mul={str(k): v for k, v in batch_mul.items()}, patch_probs=probs)
+                   batch_mul={str(k): v for k, v in t.batch_mul.items()}, patch_probs=t.probs)
     if rank == 0:
-        name = "config.json" if reuse_dir is None else f"config-resume-{step:06d}.json"
+        name = "config.json" if reuse_dir is None else f"config-resume-{progress.step:06d}.json"
         if not (run_dir / name).exists():
             misc.atomic_write_json(run_dir / name, cfg_out)
-
-    log = _Logger(run_dir if rank == 0 else None)
+    t.log = log = _Logger(run_dir if rank == 0 else None)
     log(f"run directory {run_dir}; {len(dataset)} images {dataset.channels}x{height}x{width}, "
-        f"{world} process(es) on {device}; patch sizes {sizes} p={[round(p, 3) for p in probs]} "
-        f"batch_mul {batch_mul}; pad {pad}")
+        f"{t.world} process(es) on {t.device}; patch sizes {t.sizes} p={[round(p, 3) for p in t.probs]} "
+        f"batch_mul {t.batch_mul}; pad {c['pad_width']}")
     if resume_path is not None:
-        log(f"resumed from {resume_path} at step {step}, {nimg / 1000:.3f} kimg")
+        log(f"resumed from {resume_path} at step {progress.step}, {progress.nimg / 1000:.3f} kimg")
     if rank == 0 and reuse_dir is not None:
         for tmp in misc.remove_stale_temps(run_dir):
             log(f"removed {tmp.name}, a temporary file left by an interrupted write")
+    return run_dir, cfg_out
 
-    ddp = net
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
 
-    dataset_kwargs = dict(class_name="training.dataset.ImageDataset", **dataset.kwargs,
-                          resolution=[height, width], channels=dataset.channels)
-    writer = _Writer(run_dir, rank == 0, ema, loss_fn, dataset_kwargs, cfg_out)
-    autocast_dtype = PRECISIONS[c["precision"]]
+def _train(t: _Training, progress: Progress) -> int:
+    """Steps until the duration is reached or a signal arrives (then the signal number, else 0);
+    a tick ends every ``tick_kimg``, at the end and when stopping."""
+    c = t.c
     total_nimg = int(round(c["duration_mimg"] * 1e6))
-    nonfinite_run = 0
-    tick_steps = tick_loss = tick_patches = tick_skips = 0
-    tick_t0 = time.time()
     pbar = None
-    if rank == 0 and c["progress"]:
+    if t.rank == 0 and c["progress"]:
         from tqdm import tqdm
-        pbar = tqdm(total=total_nimg / 1000, initial=min(nimg, total_nimg) / 1000, unit="kimg",
+        pbar = tqdm(total=total_nimg / 1000, initial=min(progress.nimg, total_nimg) / 1000, unit="kimg",
                     bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}]")
-    lr_now = c["lr"]
-    interrupted = 0
-
+    tick, interrupted = _TickStats(), 0
     with _StopFlag() as stop:
         while True:
-            done = nimg >= total_nimg
-            stopping = dist.any_true(stop.signum != 0, device) if world > 1 else stop.signum != 0
+            done = progress.nimg >= total_nimg
+            stopping = dist.any_true(stop.signum != 0, t.device) if t.world > 1 else stop.signum != 0
             if stopping and not interrupted:
                 interrupted = stop.signum or signal.SIGTERM
-            tick_due = nimg >= tick_start_nimg + c["tick_kimg"] * 1000
-            if tick_steps and (tick_due or done or stopping):
-                now = time.time()
-                stats = dict(kimg=round(nimg / 1000, 4), step=step, tick=tick,
-                             loss=tick_loss / max(tick_steps, 1),
-                             patches_per_s=tick_patches / max(now - tick_t0, 1e-9),
-                             sec_per_tick=now - tick_t0, lr=lr_now,
-                             peak_mem_mb=round(_peak_memory_mb(device), 1),
-                             nonfinite=tick_skips, time=now)
-                log(f"tick {tick} kimg {stats['kimg']:.3f} step {step} loss {stats['loss']:.4f} "
-                    f"patches/s {stats['patches_per_s']:.1f} sec/tick {stats['sec_per_tick']:.1f} "
-                    f"lr {lr_now:.3g} peak_mem {stats['peak_mem_mb']:.0f} MB", stats=stats)
-                tick += 1
-                if c["snap_ticks"] and tick % c["snap_ticks"] == 0:
-                    writer.snapshot(step, nimg)
-                if c["dump_ticks"] and tick % c["dump_ticks"] == 0:
-                    writer.state(_gather_state(net, ema, opt, scaler, size_gen, data_gen, device, step,
-                                               nimg, tick, nimg, nonfinite_total))
-                tick_start_nimg, tick_t0 = nimg, time.time()
-                tick_steps = tick_loss = tick_patches = tick_skips = 0
+            tick_due = progress.nimg >= progress.tick_start_nimg + c["tick_kimg"] * 1000
+            if tick.steps and (tick_due or done or stopping):
+                _end_tick(t, progress, tick)
+                tick = _TickStats()
             if done or stopping:
                 break
-
-            # One optimizer step (same patch size on every rank).
-            psize = sample_patch_size(sizes, probs, size_gen)
-            mul = batch_mul[psize]
-            opt.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), device=device)
-            for r in range(rounds):
-                idx = torch.randint(len(local), (batch_gpu * mul,), generator=data_gen, device=device)
-                sync = contextlib.nullcontext() if (world == 1 or r == rounds - 1) else ddp.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                        enabled=autocast_dtype is not None):
-                        loss = loss_fn(ddp, images[idx], psize, data_gen)
-                    loss = loss.float().mean() / rounds
-                    scaler.scale(loss).backward()
-                step_loss += loss.detach()
-            finite = bool(torch.isfinite(step_loss).item())
-            if world > 1:
-                finite = not dist.any_true(not finite, device)
-            if not finite:
-                nonfinite_total += 1
-                nonfinite_run += 1
-                tick_skips += 1
-                warnings.warn(f"non-finite loss at step {step} (patch size {psize}); update skipped "
-                              f"({nonfinite_run} in a row)")
-                opt.zero_grad(set_to_none=True)
-                if nonfinite_run >= c["max_nonfinite"]:
-                    raise RuntimeError(f"training diverged: {nonfinite_run} non-finite losses in a row "
-                                       f"at step {step} (limit --max-nonfinite {c['max_nonfinite']}); "
-                                       "try a lower --lr or --precision fp32")
-                continue
-            nonfinite_run = 0
-            images_step = c["batch"] * mul
-            ramp = c["lr_rampup_kimg"] * 1000
-            lr_now = c["lr"] * (min((nimg + images_step) / ramp, 1.0) if ramp > 0 else 1.0)
-            for group in opt.param_groups:
-                group["lr"] = lr_now
-            scaler.step(opt)
-            scaler.update()
-            nimg += images_step
-            step += 1
-            _update_ema(ema, net, nimg, images_step, c["ema_halflife_kimg"], c["ema_rampup_ratio"])
-            if world > 1:
-                step_loss = step_loss.clone()
-                torch.distributed.all_reduce(step_loss)
-                step_loss /= world
-            tick_steps += 1
-            tick_loss += float(step_loss)
-            tick_patches += images_step
+            _train_step(t, progress, tick)
             if pbar is not None:
-                pbar.update(min(nimg, total_nimg) / 1000 - pbar.n)
-
+                pbar.update(min(progress.nimg, total_nimg) / 1000 - pbar.n)
     if pbar is not None:
         pbar.close()
-    if step > 0 or interrupted:  # interrupted too: the state first (what resume needs), then the network
-        writer.state(_gather_state(net, ema, opt, scaler, size_gen, data_gen, device, step, nimg, tick,
-                                   tick_start_nimg, nonfinite_total))
-        if step > 0:
-            writer.snapshot(step, nimg)
-    if interrupted:
-        log(f"stopped by signal {int(interrupted)} at step {step}; training state"
-            f"{' and network snapshot' if step > 0 else ''} written")
-    else:
-        log(f"done: step {step}, {nimg / 1000:.3f} kimg, {nonfinite_total} non-finite steps skipped")
-    debug_dir = os.environ.get(DEBUG_CHECKSUM_ENV)
-    if debug_dir:
-        misc.atomic_write_json(Path(debug_dir) / f"params-rank{rank}.json",
-                               dict(rank=rank, step=step, net=_param_checksum(net), ema=_param_checksum(ema)))
-    dist.barrier()
-    dist.shutdown()
-    return dict(run_dir=run_dir, step=step, nimg=nimg, interrupted=int(interrupted))
+    return interrupted
+
+
+def _train_step(t: _Training, progress: Progress, tick: _TickStats) -> None:
+    """One optimizer step (the same patch size on every rank), or, if the loss is not finite,
+    a skipped one (no update, not counted; an error after ``max_nonfinite`` in a row)."""
+    c, device = t.c, t.device
+    psize = sample_patch_size(t.sizes, t.probs, t.size_gen)
+    mul = t.batch_mul[psize]
+    autocast = PRECISIONS[c["precision"]]
+    t.opt.zero_grad(set_to_none=True)
+    step_loss = torch.zeros((), device=device)
+    for r in range(t.rounds):
+        idx = torch.randint(len(t.images), (t.batch_gpu * mul,), generator=t.data_gen, device=device)
+        sync = contextlib.nullcontext() if (t.world == 1 or r == t.rounds - 1) else t.ddp.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss = t.loss_fn(t.ddp, t.images[idx], psize, t.data_gen)
+            loss = loss.float().mean() / t.rounds
+            t.scaler.scale(loss).backward()
+        step_loss += loss.detach()
+    finite = bool(torch.isfinite(step_loss).item())
+    if t.world > 1:
+        finite = not dist.any_true(not finite, device)
+    if not finite:
+        progress.nonfinite_total += 1
+        t.nonfinite_run += 1
+        tick.skips += 1
+        warnings.warn(f"non-finite loss at step {progress.step} (patch size {psize}); update skipped "
+                      f"({t.nonfinite_run} in a row)")
+        t.opt.zero_grad(set_to_none=True)
+        if t.nonfinite_run >= c["max_nonfinite"]:
+            raise RuntimeError(f"training diverged: {t.nonfinite_run} non-finite losses in a row "
+                               f"at step {progress.step} (limit max_nonfinite={c['max_nonfinite']}); "
+                               f"try lr={c['lr'] / 10:g} or precision=fp32")
+        return
+    t.nonfinite_run = 0
+    images_step = c["batch"] * mul
+    ramp = c["lr_rampup_kimg"] * 1000
+    t.lr = c["lr"] * (min((progress.nimg + images_step) / ramp, 1.0) if ramp > 0 else 1.0)
+    for group in t.opt.param_groups:
+        group["lr"] = t.lr
+    t.scaler.step(t.opt)
+    t.scaler.update()
+    progress.nimg += images_step
+    progress.step += 1
+    _update_ema(t.ema, t.net, progress.nimg, images_step, c["ema_halflife_kimg"], c["ema_rampup_ratio"])
+    if t.world > 1:
+        step_loss = step_loss.clone()
+        torch.distributed.all_reduce(step_loss)
+        step_loss /= t.world
+    tick.steps += 1
+    tick.loss += float(step_loss)
+    tick.patches += images_step
+
+
+def _end_tick(t: _Training, progress: Progress, tick: _TickStats) -> None:
+    """Log the tick's stats; every ``snap_ticks`` a snapshot, every ``dump_ticks`` a training state."""
+    c, now = t.c, time.time()
+    stats = dict(kimg=round(progress.nimg / 1000, 4), step=progress.step, tick=progress.tick,
+                 loss=tick.loss / max(tick.steps, 1), patches_per_s=tick.patches / max(now - tick.t0, 1e-9),
+                 sec_per_tick=now - tick.t0, lr=t.lr, peak_mem_mb=round(_peak_memory_mb(t.device), 1),
+                 nonfinite=tick.skips, time=now)
+    t.log(f"tick {progress.tick} kimg {stats['kimg']:.3f} step {progress.step} loss {stats['loss']:.4f} "
+          f"patches/s {stats['patches_per_s']:.1f} sec/tick {stats['sec_per_tick']:.1f} "
+          f"lr {t.lr:.3g} peak_mem {stats['peak_mem_mb']:.0f} MB", stats=stats)
+    progress.tick += 1
+    progress.tick_start_nimg = progress.nimg  # the state dumped below starts the next tick
+    if c["snap_ticks"] and progress.tick % c["snap_ticks"] == 0:
+        t.writer.snapshot(progress.step, progress.nimg)
+    if c["dump_ticks"] and progress.tick % c["dump_ticks"] == 0:
+        t.writer.state(t.gather_state(progress))
 
 
 def _default_desc(c: dict) -> str:
@@ -488,20 +582,6 @@ def _update_ema(ema, net, nimg: int, images_step: int, halflife_kimg: float, ram
             p_ema.copy_(p_net.detach().lerp(p_ema, beta))
         for b_ema, b_net in zip(ema.buffers(), net.buffers()):
             b_ema.copy_(b_net)
-
-
-def _gather_state(net, ema, opt, scaler, size_gen, data_gen, device, step, nimg, tick, tick_start_nimg,
-                  nonfinite_total) -> dict:
-    """The training state (collective: every rank contributes its random-stream states)."""
-    mine = dict(data=data_gen.get_state().cpu(), cpu=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-    streams = dist.all_gather_object(mine)
-    return dict(net=net.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                step=step, nimg=nimg, kimg=nimg / 1000, tick=tick, tick_start_nimg=tick_start_nimg,
-                nonfinite_total=nonfinite_total,
-                rng=dict(size=size_gen.get_state(), data=[s["data"] for s in streams],
-                         cpu=[s["cpu"] for s in streams], cuda=[s["cuda"] for s in streams]))
 
 
 def _load_state(path: Path) -> dict:
