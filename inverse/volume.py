@@ -239,9 +239,23 @@ def _assemble(run_dir: Path, name: str, tag: str, parts: list[Path]) -> Path:
     return misc.atomic_write_with(run_dir / f"{name}_{tag}.npy", write)
 
 
-def write_views(path: Path, volumes: dict[str, np.ndarray], psnr: dict[str, float | None]) -> Path:
-    """``path``: one row per volume (ground truth, baselines, PaDIS), columns the axial, coronal
-    and sagittal planes through the middle of the volume (D, H, W), grey levels [0, 1]."""
+def mid_planes(vol: np.ndarray | rio.Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axial, coronal and sagittal planes through the middle of a (D, H, W) volume: an array
+    (a memmap reads only those planes) or a :class:`rio.Volume` (streamed slab by slab)."""
+    d, h, w = vol.shape
+    if not isinstance(vol, rio.Volume):
+        return np.asarray(vol[d // 2]), np.asarray(vol[:, h // 2, :]), np.asarray(vol[:, :, w // 2])
+    coronal, sagittal = [], []
+    for z0, z1 in slab_bounds(d, 64):
+        a = vol.slab(z0, z1)
+        coronal.append(a[:, h // 2, :])
+        sagittal.append(a[:, :, w // 2])
+    return vol.slab(d // 2, d // 2 + 1)[0], np.concatenate(coronal), np.concatenate(sagittal)
+
+
+def write_views(path: Path, volumes: dict[str, tuple], psnr: dict[str, float | None]) -> Path:
+    """``path``: one row per volume (ground truth, baselines, PaDIS), columns its axial, coronal
+    and sagittal mid-planes (``mid_planes``), grey levels [0, 1]."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,9 +263,7 @@ def write_views(path: Path, volumes: dict[str, np.ndarray], psnr: dict[str, floa
 
     planes = ("axial", "coronal", "sagittal")
     fig, axes = plt.subplots(len(volumes), 3, figsize=(7.5, 2.5 * len(volumes)), squeeze=False)
-    for i, (label, vol) in enumerate(volumes.items()):
-        d, h, w = vol.shape
-        views = (vol[d // 2], vol[:, h // 2, :], vol[:, :, w // 2])
+    for i, (label, views) in enumerate(volumes.items()):
         for j, (plane, img) in enumerate(zip(planes, views)):
             ax = axes[i, j]
             ax.imshow(np.clip(np.asarray(img), 0, 1), cmap="gray", vmin=0, vmax=1, aspect="auto" if j else "equal",
@@ -318,7 +330,8 @@ def reconstruct_volume(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first
     for tag in [*tags.values(), "measurement"]:
         files[tag] = _assemble(run_dir, vol.name, tag, [run_dir / f"{s}_{tag}.npy" for s in stems])
     scores = volume_scores(records, methods)
-    shown = {"ground truth": _gt_volume(vol), **{m: np.load(files[tags[m]], mmap_mode="r") for m in methods}}
+    shown = {"ground truth": mid_planes(vol), **{m: mid_planes(np.load(files[tags[m]], mmap_mode="r"))
+                                                 for m in methods}}
     write_views(run_dir / f"{vol.name}_views.png", shown, {m: s["psnr"] for m, s in scores.items()})
     record = dict(volume=vol.name, source=vol.source, shape=list(vol.shape), slabs=len(bounds),
                   calls=sum(r["calls"] for r in records), methods=scores,
@@ -329,11 +342,6 @@ def reconstruct_volume(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first
             (run_dir / f"{s}_{tag}.npy").unlink(missing_ok=True)
         (run_dir / f"{s}_metrics.json").unlink(missing_ok=True)
     return record
-
-
-def _gt_volume(vol: rio.Volume) -> np.ndarray:
-    """The three mid-planes need the whole volume: read it (for the figure only) slab by slab."""
-    return np.concatenate([vol.slab(z0, z1) for z0, z1 in slab_bounds(vol.shape[0], 64)])
 
 
 def run_volume(cfg: ReconConfig) -> dict:

@@ -19,7 +19,7 @@ import inverse_nodist
 from inverse import io as rio
 from inverse.operators import NORM_CACHE, make_operator
 from inverse.samplers import conjugate_gradient
-from inverse.volume import SliceCoupled, slab_bounds, volume_scores
+from inverse.volume import SliceCoupled, mid_planes, slab_bounds, volume_scores
 from odlstuff import geometry as geo
 
 CUDA_ASTRA = torch.cuda.is_available() and geo.tomo.ASTRA_CUDA_AVAILABLE
@@ -140,6 +140,9 @@ def test_volume_readers(tmp_path):
     assert v.shape == (5, 12, 12) and v.name == "a"
     np.testing.assert_array_equal(v.slab(1, 3), vol[1:3])
     assert rio.open_volume(tmp_path / "b.npy").shape == (5, 12, 12)
+    for streamed, whole in zip(mid_planes(v), mid_planes(vol)):  # the figure's planes, streamed or not
+        np.testing.assert_array_equal(streamed, whole)
+    assert [p.shape for p in mid_planes(vol)] == [(12, 12), (5, 12), (5, 12)]
     assert rio.list_volume_sources(tmp_path) == [tmp_path / "a.npy", tmp_path / "b.npy"]
     slices = tmp_path / "slices"
     slices.mkdir()
