@@ -59,6 +59,10 @@ from inverse.samplers import SAMPLERS
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format for the network")
 @click.option("--images-per-batch", default=1, type=click.IntRange(min=1),
               help="Solve K images of the same size together (their patches in one call); results depend on K")
+@click.option("--samples", default=1, type=click.IntRange(min=1),
+              help="K posterior samples per image in one batched solve: NAME_recon is their mean (scored), "
+                   "NAME_std.png/.npy the per-pixel std")
+@click.option("--save-samples", is_flag=True, help="With --samples K > 1: also write the K samples (NAME_samples.npy)")
 @click.option("--parallel-baselines", is_flag=True,
               help="Run the baselines (TV, FBP) in a thread beside the solve: faster on CPU, same results; "
                    "per-method seconds then overlap")
@@ -70,11 +74,12 @@ from inverse.samplers import SAMPLERS
 @click.option("--psize", type=click.IntRange(min=1), help="Patch size, pixels [default: chosen per image size "
               "within the network's trained patch sizes, closest to the paper's 56/24 ratio]")
 @click.option("--stride", type=click.IntRange(min=1), help="Patch stride of --prior average [default: psize//2]")
-@click.option("--steps", type=click.IntRange(min=1), help="Noise levels [default: solver's; dds 20, ddnm 50, others 100]")
+@click.option("--steps", type=click.IntRange(min=1), help="Noise levels [default: solver's; dds/diffpir 20, ddnm 50, others 100]")
 @click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), help="Smallest noise level [default: 0.003]")
-@click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), help="Largest noise level [default: solver's; dds 1, others 10]")
+@click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), help="Largest noise level [default: solver's; dds/diffpir 1, others 10]")
 @click.option("--zeta", type=float, help="dps/langevin/pc data step, a fraction of a Landweber step 1/||A||² "
-              "[default: 1.8]; with --dc-step paper an absolute step [default: 0.3]")
+              "[default: 1.8]; with --dc-step paper an absolute step [default: 0.3]; diffpir: renoise mix, "
+              "0 predicted noise .. 1 fresh noise [default: 0.3]")
 @click.option("--inner", type=click.IntRange(min=0), help="dps/langevin/pc inner iterations per level [default: dps/langevin 10, pc 1]")
 @click.option("--eps", type=float, help="dps/langevin/pc Langevin step alpha = eps*sigma^2 [default: 0.25]")
 @click.option("--dc-grad", type=click.Choice(["full", "x0"]), help="dps: gradient through the network or at D(x) [default: full]")
@@ -83,8 +88,9 @@ from inverse.samplers import SAMPLERS
                    "grad ||y-A D(x)|| started from clamp(pinv(y)) [default: landweber]")
 @click.option("--predictor", type=click.Choice(["sde", "ode"]), help="pc predictor [default: sde]")
 @click.option("--eta", type=float, help="ddnm/dds renoise: 1 fresh noise, 0 deterministic [default: ddnm 0.85, dds 1]")
-@click.option("--lam", type=float, help="dds prior weight relative to ||A||^2 [default: 0.01; 0.1 for deblurring]")
-@click.option("--cg-iters", type=click.IntRange(min=0), help="dds conjugate-gradient iterations per level [default: 5]")
+@click.option("--lam", type=float, help="dds prior weight relative to ||A||^2 [default: 0.01; 0.1 for deblurring]; "
+              "diffpir: rho = lam * noise_std^2 / sigma^2 [default: 7]")
+@click.option("--cg-iters", type=click.IntRange(min=0), help="dds/diffpir conjugate-gradient iterations per level [default: 5]; ddnm: CG correction")
 @click.option("--init", type=click.Choice(["pinv", "noise"]), help="Solver start [default: pinv]")
 @click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")
 @click.option("--angle-range", help="Limited-angle CT wedge 'lo,hi' in radians [default: operator's]")
@@ -149,6 +155,7 @@ def main(**opts):
         volume=opts["volume"], slab=opts["slab"], z_coupling=opts["z_coupling"],
         solver=opts["solver"], solver_kwargs=solver_options(opts),
         steps=opts["steps"], sigma_min=opts["sigma_min"], sigma_max=opts["sigma_max"],
+        samples=opts["samples"], save_samples=opts["save_samples"],
         baselines=baselines, tv_weight=opts["tv_weight"], tv_iters=opts["tv_iters"],
         outdir=opts["outdir"], seed=opts["seed"], resume=opts["resume"],
         device=device,

@@ -69,6 +69,8 @@ class ReconConfig:
     steps: int | None = None  # noise levels (None: SCHEDULE_DEFAULTS[solver])
     sigma_min: float | None = None  # smallest noise level (None: SCHEDULE_DEFAULTS[solver])
     sigma_max: float | None = None  # largest noise level (None: SCHEDULE_DEFAULTS[solver])
+    samples: int = 1  # K posterior samples per image in one batched solve; their mean is the reconstruction
+    save_samples: bool = False  # also write the K samples (NAME_samples.npy)
 
     # Baselines (inverse.baselines)
     baselines: list[str] = field(default_factory=lambda: ["fbp", "tv"])  # keys of BASELINES

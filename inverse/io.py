@@ -14,6 +14,9 @@ existing file. Per image ``NAME``:
   axis dropped), plus ``NAME_measurement.png``: the measurement clipped to [0, 1] for
   image-domain problems, or the sinogram min-max scaled to [0, 1] for CT.
 - ``NAME_<baseline>.png`` / ``.npy`` for each baseline (``fbp``, ``tv``).
+- With K > 1 posterior samples (``samples``): ``NAME_recon`` is their mean, ``NAME_std.npy``
+  the per-pixel std (float32 ``(C, H, W)``) and ``NAME_std.png`` it scaled by its own maximum
+  (black 0, white the maximum); with ``save_samples`` also ``NAME_samples.npy`` ``(K, C, H, W)``.
 - ``NAME_metrics.json``, written **last**: the image's metrics rows, denoiser calls, seconds and
   the list of its files. It marks the image complete: a resumed run (``--resume``) skips an
   image whose marker and listed files all exist and reads its metrics back from here.
@@ -38,6 +41,7 @@ from torch_utils import misc
 
 COMPARISON_MAX_ROWS = 8  # images shown in comparison.png
 MARKER_SUFFIX = "_metrics.json"  # NAME_metrics.json: written last, marks an image complete
+STD_COLUMN = "std"  # comparison.png column of the posterior std (images key of a row)
 
 
 # ----------------------------------------------------------------------------------------
@@ -370,6 +374,13 @@ def save_png(path: str | Path, img: np.ndarray, scale: str = "clip") -> Path:
     return misc.atomic_write_with(path, lambda tmp: pil.save(tmp, format="PNG"))
 
 
+def scaled_to_max(arr: np.ndarray) -> np.ndarray:
+    """``arr / max(arr)`` (zeros stay zeros; an all-zero array stays zero): a std map's view."""
+    arr = np.asarray(arr, dtype=np.float32)
+    top = float(arr.max()) if arr.size else 0.0
+    return arr / top if top > 0 else np.zeros_like(arr)
+
+
 def save_npy(path: str | Path, arr: np.ndarray) -> Path:
     """Write a ``.npy`` array atomically (never overwrites)."""
     def write(tmp: Path) -> None:
@@ -406,7 +417,8 @@ class ResultWriter:
       of images, denoiser calls per image, the run's config, and ``failures``: one
       ``dict(file, image, reason)`` per input that could not be read or reconstructed.
     - ``comparison.png``: rows = the first ``COMPARISON_MAX_ROWS`` images, columns = ground
-      truth (if any) | each baseline | PaDIS, PSNR in the titles.
+      truth (if any) | each baseline | PaDIS | std (with posterior samples: the per-pixel
+      std scaled by its maximum, given in the title), PSNR in the titles.
     """
 
     def __init__(self, run_dir: str | Path, sinogram: bool = False):
@@ -422,6 +434,16 @@ class ResultWriter:
         img = np.asarray(img, dtype=np.float32)
         self._record(name, save_npy(self.run_dir / f"{name}_{tag}.npy", img),
                      save_png(self.run_dir / f"{name}_{tag}.png", img, "clip"))
+
+    def save_std(self, name: str, std: np.ndarray) -> None:
+        """``NAME_std.npy`` (float32 (C, H, W)) and ``NAME_std.png`` (std / its maximum)."""
+        std = np.asarray(std, dtype=np.float32)
+        self._record(name, save_npy(self.run_dir / f"{name}_std.npy", std),
+                     save_png(self.run_dir / f"{name}_std.png", scaled_to_max(std), "clip"))
+
+    def save_samples(self, name: str, samples: np.ndarray) -> None:
+        """``NAME_samples.npy``: the K posterior samples, float32 (K, C, H, W)."""
+        self._record(name, save_npy(self.run_dir / f"{name}_samples.npy", np.asarray(samples, dtype=np.float32)))
 
     def save_measurement(self, name: str, y: np.ndarray) -> None:
         """``NAME_measurement.npy`` (as given) and a PNG view when ``y`` is 2-D-like."""
@@ -485,7 +507,8 @@ class ResultWriter:
         import matplotlib.pyplot as plt
 
         has_gt = any(r.get("gt") is not None for r in rows)
-        cols = (["ground truth"] if has_gt else []) + list(methods)
+        has_std = any(r["images"].get(STD_COLUMN) is not None for r in rows)
+        cols = (["ground truth"] if has_gt else []) + list(methods) + ([STD_COLUMN] if has_std else [])
         fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.4 * len(cols), 2.5 * len(rows)),
                                  squeeze=False)
         for i, r in enumerate(rows):
@@ -495,10 +518,12 @@ class ResultWriter:
                 img = r.get("gt") if col == "ground truth" else r["images"].get(col)
                 if img is None:
                     continue
-                u8 = to_uint8(img)
+                u8 = to_uint8(scaled_to_max(img) if col == STD_COLUMN else img)
                 ax.imshow(u8, cmap="gray" if u8.ndim == 2 else None, vmin=0, vmax=255)
                 p = None if col == "ground truth" else r.get("psnr", {}).get(col)
                 title = col if p is None or not math.isfinite(p) else f"{col} {p:.2f} dB"
+                if col == STD_COLUMN:
+                    title = f"std (max {float(np.max(img)):.3g})"
                 ax.set_title(f"{r['name']}\n{title}" if j == 0 else title, fontsize=8)
         fig.tight_layout()
         try:

@@ -24,6 +24,16 @@ all its images) continues the generator of its **first** image. A batch of one i
 therefore exactly the K = 1 result, but results of images in larger batches depend on K and on
 which images share the batch (the same numbers again for the same inputs, seed and K).
 Per-image ``seconds`` then count an equal share of the batch's solve.
+
+Posterior samples (``samples`` K > 1): every image of a group is repeated K times along the
+batch axis (image-major: image 0's K copies first), so one solve draws K reconstructions of each
+image, the patches of all of them in the same network call (``batch`` still caps the patches per
+call). Their start noise and renoise noise are independent; the patch-grid offset of a call is
+shared by the whole batch (as for ``images_per_batch``). ``NAME_recon`` is then the mean of the
+K samples (scored as PaDIS), ``NAME_std`` the per-pixel sample standard deviation (K - 1 in the
+denominator; its PNG scaled by its own maximum, recorded as ``std_max`` in NAME_metrics.json)
+and, with ``save_samples``, ``NAME_samples.npy`` the samples ``(K, C, H, W)``. K = 1 is the
+single-sample run exactly (no std file).
 Images are (1, C, H, W) float32 in [0, 1] on ``device``.
 
 Robustness: the output directory is checked for writability first. An input file that cannot
@@ -62,6 +72,7 @@ from torch_utils import distributed as ddp
 from torch_utils import misc
 
 PADIS = "padis"  # method name of our reconstruction in metrics.csv / summary.json
+STD = rio.STD_COLUMN  # comparison-figure column of the posterior std (not a method: not scored)
 
 
 class Item(NamedTuple):
@@ -106,6 +117,13 @@ def image_batches(items: list, k: int, key: Callable) -> list[list]:
 def check_images_per_batch(k: int) -> None:
     if k < 1:
         raise ValueError(f"images_per_batch={k}; expected a positive number of images per solve")
+
+
+def check_samples(k: int, volume: bool = False) -> None:
+    if k < 1:
+        raise ValueError(f"samples={k}; expected a positive number of samples per image")
+    if volume and k > 1:
+        raise ValueError(f"samples={k} with volume: posterior samples are drawn for images only (use samples=1)")
 
 
 def grey_rgb_to_single(items: list[Item], channels: int) -> tuple[list[Item], list[str]]:
@@ -282,6 +300,7 @@ def validate(cfg: ReconConfig | dict) -> ReconConfig:
     if cfg.solver not in SAMPLERS:
         raise ValueError(f"unknown solver {cfg.solver!r}; expected one of {sorted(SAMPLERS)}")
     check_images_per_batch(cfg.images_per_batch)
+    check_samples(cfg.samples, cfg.volume)
     check_prior_name(cfg.prior)
     return cfg
 
@@ -317,6 +336,12 @@ class Setup:
     def tags(self) -> dict[str, str]:
         """Method -> file tag of its image (NAME_<tag>.npy)."""
         return {m: "recon" if m == PADIS else m for m in self.methods}
+
+    @property
+    def sample_tags(self) -> list[str]:
+        """File tags of the posterior-sample outputs (NAME_std, NAME_samples) of this run."""
+        k = self.cfg.samples
+        return (["std"] if k > 1 else []) + (["samples"] if k > 1 and self.cfg.save_samples else [])
 
     def operator(self, shape: tuple[int, int], user: str = "solver"):
         """The operator for ``shape``; the baselines' thread gets an instance of its own."""
@@ -463,9 +488,16 @@ def replay_completed(setup: Setup, results: Results) -> list[Item]:
             continue
         results.resumed += 1
         results.add(item, record["rows"], record["calls"], record["seconds"], has_gt=setup.has_gt,
-                    images=lambda name=item.name: {m: np.load(setup.run_dir / f"{name}_{t}.npy")
-                                                   for m, t in setup.tags.items()})
+                    images=lambda name=item.name: _read_back_images(setup, name))
     return pending
+
+
+def _read_back_images(setup: Setup, name: str) -> dict:
+    """{method: image} (and 'std' with samples) of a completed image, from its files."""
+    images = {m: np.load(setup.run_dir / f"{name}_{t}.npy") for m, t in setup.tags.items()}
+    if "std" in setup.sample_tags:
+        images[STD] = np.load(setup.run_dir / f"{name}_std.npy")
+    return images
 
 
 class Prepared(NamedTuple):
@@ -476,6 +508,7 @@ class Prepared(NamedTuple):
     generator: torch.Generator  # seeded with seed + index; drew the measurement noise
     baselines: Future  # -> ({method: image}, {method: seconds})
     seconds: float  # spent preparing it (simulation, saving y)
+    noise_std: float  # std of its measurement noise in y's units (from cfg.noise; 0: none)
 
 
 def solve_all(setup: Setup, pending: list[Item], results: Results) -> None:
@@ -490,9 +523,9 @@ def solve_all(setup: Setup, pending: list[Item], results: Results) -> None:
             prepared = [prepare_image(setup, item, pool) for item in group]
             solved = solve_group(setup, prepared, results)
             if solved is not None:
-                x, solve_seconds = solved
+                samples, solve_seconds = solved
                 for k, p in enumerate(prepared):
-                    score_and_save(setup, p, x[k], solve_seconds / len(prepared), results)
+                    score_and_save(setup, p, samples[k], solve_seconds / len(prepared), results)
                     if setup.verbose and setup.has_gt:
                         outer.set_postfix_str(f"{p.item.name}: PSNR {results.rows[-1]['psnr']:.2f} dB")
                     outer.update(1)
@@ -510,16 +543,18 @@ def prepare_image(setup: Setup, item: Item, pool: ThreadPoolExecutor | None) -> 
     cfg, device = setup.cfg, setup.device
     op = setup.operator(setup.image_shape(item))
     if cfg.resume:
-        setup.writer.remove_partial(item.name, list(setup.tags.values()))
+        setup.writer.remove_partial(item.name, [*setup.tags.values(), *setup.sample_tags])
     gen = torch.Generator(device=device).manual_seed(cfg.seed + item.index)
     t_start = time.perf_counter()
     with torch.no_grad():
         if setup.has_gt:
             y = op.A(torch.from_numpy(item.data)[None].to(device))
+            noise_std = measurement_noise_std(op, y, cfg)
             if cfg.noise:
                 y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
         else:
             y = torch.from_numpy(item.data)[None].to(device)
+            noise_std = measurement_noise_std(op, y, cfg)
     setup.writer.save_measurement(item.name, y[0].detach().cpu().numpy())
     seconds = time.perf_counter() - t_start  # the baselines' own seconds are added later
     if pool:
@@ -527,23 +562,41 @@ def prepare_image(setup: Setup, item: Item, pool: ThreadPoolExecutor | None) -> 
     else:  # in this thread, before the solve: every method's seconds are its own
         baselines = Future()
         baselines.set_result(run_baselines(op, y, cfg, device))
-    return Prepared(item, y, gen, baselines, seconds)
+    return Prepared(item, y, gen, baselines, seconds, noise_std)
+
+
+def measurement_noise_std(op, y: torch.Tensor, cfg: ReconConfig) -> float:
+    """The std of the noise ``cfg.noise`` adds to ``y`` (``op.noise_std`` of the clean y), in
+    y's units; for given measurements the assumed level ``cfg.noise`` means."""
+    if not cfg.noise:
+        return 0.0
+    if cfg.noise_absolute:
+        return float(cfg.noise)
+    return float(torch.as_tensor(op.noise_std(y, cfg.noise)).reshape(-1)[0])
 
 
 def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tuple[torch.Tensor, float] | None:
-    """One solve for the group, its randomness continuing its first image's generator:
-    (images, seconds), or None if it diverged (its images then go to ``results.failures``)."""
+    """One solve for the group (each image ``samples`` times), its randomness continuing its
+    first image's generator: (samples (n, K, C, H, W), seconds), or None if it diverged (its
+    images then go to ``results.failures``)."""
     group = [p.item for p in prepared]
     op = setup.operator(setup.image_shape(group[0]))
+    k = setup.cfg.samples
     y = torch.cat([p.y for p in prepared])
+    if k > 1:
+        y = y.repeat_interleave(k, dim=0)
     label = group[0].name if len(group) == 1 else f"{group[0].name} +{len(group) - 1}"
+    options = dict(setup.solver_kwargs)
+    if "noise_std" in inspect.signature(setup.sampler).parameters and "noise_std" not in options:
+        options["noise_std"] = float(np.sqrt(np.mean([p.noise_std ** 2 for p in prepared])))
     bar = tqdm(total=len(setup.sigmas), desc=label, unit="step", leave=False, disable=not setup.verbose,
                position=1)
     setup.prior.reset_calls()
     try:
-        return _seconds(lambda: setup.sampler(setup.prior, op, y, setup.sigmas, prepared[0].generator,
-                                              callback=lambda *_a, **_k: bar.update(1), **setup.solver_kwargs),
-                        setup.device)
+        x, seconds = _seconds(lambda: setup.sampler(setup.prior, op, y, setup.sigmas, prepared[0].generator,
+                                                    callback=lambda *_a, **_k: bar.update(1),
+                                                    **options), setup.device)
+        return x.reshape(len(group), k, *x.shape[1:]), seconds
     except FloatingPointError as exc:  # this solve diverged: record its images, go on with the others
         together = f" (solved together with {len(group) - 1} other image(s))" if len(group) > 1 else ""
         for item in group:
@@ -555,14 +608,35 @@ def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tup
         bar.close()
 
 
-def score_and_save(setup: Setup, p: Prepared, x: torch.Tensor, solve_seconds: float, results: Results) -> None:
-    """Save every method's image, score it against the ground truth, mark the image complete."""
+def summarize_samples(samples: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mean, per-pixel std with K - 1 in the denominator) of K samples (K, C, H, W) as float32
+    (C, H, W) arrays; K = 1: (that sample, None)."""
+    samples = samples.detach().float().cpu()
+    if samples.shape[0] == 1:
+        return samples[0].numpy(), None
+    return samples.mean(0).numpy(), samples.std(0, correction=1).numpy()
+
+
+def save_samples(setup: Setup, name: str, samples: torch.Tensor, std: np.ndarray | None) -> dict:
+    """NAME_std (and with save_samples NAME_samples.npy); the std record for NAME_metrics.json."""
+    if std is None:
+        return {}
+    setup.writer.save_std(name, std)
+    if setup.cfg.save_samples:
+        setup.writer.save_samples(name, samples.detach().float().cpu().numpy())
+    return dict(samples=int(samples.shape[0]), std_max=float(std.max()), std_mean=float(std.mean()))
+
+
+def score_and_save(setup: Setup, p: Prepared, samples: torch.Tensor, solve_seconds: float, results: Results) -> None:
+    """Save every method's image (PaDIS: the mean of the K samples, and their std), score it
+    against the ground truth, mark the image complete."""
     from inverse.metrics import psnr, ssim
 
     item, t_start = p.item, time.perf_counter()
     images, secs = p.baselines.result()
-    images[PADIS] = x.detach().float().cpu().numpy()
+    images[PADIS], std = summarize_samples(samples)
     secs[PADIS] = solve_seconds
+    extra = save_samples(setup, item.name, samples, std)
     rows = []
     for method, img in images.items():
         setup.writer.save_image(item.name, setup.tags[method], img)
@@ -571,10 +645,12 @@ def score_and_save(setup: Setup, p: Prepared, x: torch.Tensor, solve_seconds: fl
             ps, ss = float(psnr(img, item.data)), float(ssim(img, item.data))
         rows.append(dict(index=item.index, image=item.name, method=method, psnr=ps, ssim=ss, seconds=secs[method]))
     seconds = p.seconds + sum(secs.values()) + time.perf_counter() - t_start
-    extra = {"input_range": list(setup.input_ranges[item.name])} if item.name in setup.input_ranges else {}
+    if item.name in setup.input_ranges:
+        extra["input_range"] = list(setup.input_ranges[item.name])
     setup.writer.finish_image(item.name, dict(index=item.index, image=item.name, source=item.source, rows=rows,
                                               calls=setup.prior.calls, seconds=seconds, **extra))
-    results.add(item, rows, setup.prior.calls, seconds, images=lambda: images, has_gt=setup.has_gt)
+    figure = dict(images, **({STD: std} if std is not None else {}))
+    results.add(item, rows, setup.prior.calls, seconds, images=lambda: figure, has_gt=setup.has_gt)
 
 
 def gather_summary(setup: Setup, results: Results) -> dict:
