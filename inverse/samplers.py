@@ -85,6 +85,7 @@ SCHEDULE_DEFAULTS = {
     "pc": dict(steps=100, sigma_min=0.003, sigma_max=10.0),
     "ddnm": dict(steps=50, sigma_min=0.003, sigma_max=10.0),
     "dds": dict(steps=20, sigma_min=0.003, sigma_max=1.0),
+    "diffpir": dict(steps=20, sigma_min=0.003, sigma_max=1.0),
 }
 
 # ----------------------------------------------------------------------------------------
@@ -238,6 +239,33 @@ def _start(op, y: torch.Tensor, sigma: float, generator: torch.Generator, x_init
     if init == "noise":
         base = torch.zeros_like(base)
     return base + sigma * randn_like(base, generator)
+
+
+def noise_level(noise_std) -> float:
+    """The measurement-noise std as one float: ``noise_std`` a float, None (0) or a per-image
+    tensor (its root mean square over the batch)."""
+    if noise_std is None:
+        return 0.0
+    if isinstance(noise_std, torch.Tensor):
+        return float(noise_std.detach().float().pow(2).mean().sqrt())
+    if noise_std < 0:
+        raise ValueError(f"noise_std={noise_std}; expected a non-negative std of the measurement noise")
+    return float(noise_std)
+
+
+def correction_noise(correction: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, noise_std: float,
+                     draws: int = 4) -> float:
+    """Root-mean-square per pixel of ``correction(n)`` for measurement noise n ~ N(0, noise_std²):
+    how much noise a range-space correction A⁺(y - A x) carries into the image (the gain of
+    A⁺ times noise_std). Noise from a fixed-seed local generator (the run's stream is untouched)."""
+    if noise_std == 0:
+        return 0.0
+    g = torch.Generator().manual_seed(0)
+    total = 0.0
+    for _ in range(draws):
+        n = noise_std * torch.randn(y.shape, generator=g, dtype=torch.float32).to(y.device)
+        total += float(correction(n).pow(2).mean())
+    return math.sqrt(total / draws)
 
 
 def _check_inner(inner: int, name: str, least: int = 1) -> None:
@@ -412,6 +440,8 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
                 init: str = "pinv",   # Start: 'pinv' (pinv(y) + noise) or 'noise'.
                 cg_iters: int | None = None,  # Correction by CG (min-norm least squares); None:
                                               # op.pinv where op.stable_pinv, else 10 (CT).
+                noise_std: float | torch.Tensor | None = None,  # Std of y's noise (y's units); > 0:
+                                              # DDNM+. The run passes its own (inverse.reconstruct).
                 ) -> torch.Tensor:
     """Null-space projection (DDNM, Wang et al. 2023): per level x0_hat = D(x),
     x0 = x0_hat + A⁺(y - A x0_hat) (range from y, null space from the prior), then renoise
@@ -420,7 +450,16 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
     whose pinv is FBP, iterating the FBP correction diverges at low noise levels (measured:
     PSNR 27.7 dB at sigma 0.12, 5 dB at the end on 20-view CT), so A⁺r is taken as the
     min-norm least-squares solution of A d = r by ``cg_iters`` CG iterations on AᵀA d = Aᵀr
-    from d = 0. Measurement noise is not modelled (no DDNM+ scaling). Prior calls: len(sigmas)."""
+    from d = 0.
+
+    DDNM+ (Wang et al. 2023, Sec. 3.3) when ``noise_std`` > 0: the correction A⁺(y - A x0_hat)
+    also carries the measurement noise into the image, with per-pixel std sigma_c (measured once
+    by ``correction_noise``). So the correction is scaled by lambda = min(1, sigma_next / sigma_c)
+    and the noise re-injected to reach level sigma_next is reduced to std
+    sqrt(sigma_next² - (lambda sigma_c)²): the image's total noise stays sigma_next, and at levels
+    below sigma_c the prior, not the noisy correction, has the last word (no correction on the
+    last step). One sigma_c for the batch (``noise_level``). ``noise_std`` 0 or None: plain
+    DDNM, as before. Prior calls: len(sigmas)."""
     name = "ddnm"
     levels = _levels(sigmas, name)
     x = _start(op, y, levels[0], generator, x_init, init, name)
@@ -435,14 +474,26 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
         return conjugate_gradient(lambda v: op.AT(op.A(v)), op.AT(r), torch.zeros_like(x), cg_iters,
                                   couples_batch(op))
 
+    sigma_c = correction_noise(correction, y, noise_level(noise_std))
     for i, sigma in enumerate(levels):
         sigma_next = levels[i + 1] if i + 1 < len(levels) else 0.0
+        scale, sigma_renoise = ddnm_plus_scale(sigma_next, sigma_c)
         x0_hat = prior(x, sigma, generator)
-        x0 = x0_hat + correction(y - op.A(x0_hat))
-        x = renoise(x0, x, x0_hat, sigma, sigma_next, eta, generator)
+        x0 = x0_hat + scale * correction(y - op.A(x0_hat)) if scale > 0 else x0_hat
+        x = renoise(x0, x, x0_hat, sigma, sigma_renoise, eta, generator)
         _check_finite(x, name, i, sigma)
         _report(callback, i, sigma, x, x0)
     return _finish(x)
+
+
+def ddnm_plus_scale(sigma_next: float, sigma_c: float) -> tuple[float, float]:
+    """DDNM+'s (lambda, std of the re-injected noise) for a step to ``sigma_next`` with a
+    correction of noise std ``sigma_c``: lambda = min(1, sigma_next / sigma_c) (1 when sigma_c
+    is 0) and sqrt(sigma_next² - (lambda sigma_c)²)."""
+    if sigma_c <= 0:
+        return 1.0, sigma_next
+    scale = min(1.0, sigma_next / sigma_c)
+    return scale, math.sqrt(max(sigma_next ** 2 - (scale * sigma_c) ** 2, 0.0))
 
 
 @torch.inference_mode()
@@ -476,12 +527,55 @@ def sample_dds(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
     return _finish(x)
 
 
+@torch.inference_mode()
+def sample_diffpir(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
+                   x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
+                   lam: float = 7.0,      # rho = lam * noise_std² / sigma² (DiffPIR's lambda).
+                   zeta: float = 0.3,     # Renoise mix: 0 = predicted noise only, 1 = fresh noise only.
+                   cg_iters: int = 5,     # CG iterations of the data proximal step per level.
+                   rho_min: float = 1e-4,  # Floor of rho relative to ||A||² (noise-free y: near projection).
+                   noise_std: float | torch.Tensor | None = None,  # Std of y's noise (y's units); the
+                                          # run passes its own (inverse.reconstruct).
+                   init: str = "pinv",    # Start: 'pinv' (pinv(y) + noise at sigmas[0]) or 'noise'.
+                   ) -> torch.Tensor:
+    """DiffPIR-style plug-and-play diffusion (Zhu et al. 2023), variance-exploding form. Per
+    level sigma -> sigma_next (0 after the last): x0_hat = D(x) (no backprop); data proximal
+    step x0 = argmin ||y - A x||² + rho ||x - x0_hat||² with rho = lam noise_std² / sigma²
+    (at least rho_min ||A||²; ``cg_iters`` CG iterations on (AᵀA + rho I) x = Aᵀy + rho x0_hat
+    from x0_hat); then x = x0 + sigma_next (sqrt(1 - zeta) eps_hat + sqrt(zeta) z) with
+    eps_hat = (x - x0) / sigma the noise the corrected estimate implies and z fresh noise.
+    Unlike dds (a fixed weight lam ||A||²) the data weight grows as sigma falls: the prior
+    dominates early, the measurement late, in the ratio a Gaussian posterior gives (lam = 1).
+    Prior calls: len(sigmas)."""
+    name = "diffpir"
+    if not 0 <= zeta <= 1:
+        raise ValueError(f"{name}: zeta={zeta}; expected a mix in [0, 1]")
+    if lam < 0 or rho_min <= 0:
+        raise ValueError(f"{name}: lam={lam}, rho_min={rho_min}; expected lam >= 0 and rho_min > 0")
+    levels = _levels(sigmas, name)
+    x = _start(op, y, levels[0], generator, x_init, init, name)
+    norm2 = operator_norm(op, x) ** 2
+    sigma_n = noise_level(noise_std)
+    aty = op.AT(y)
+    for i, sigma in enumerate(levels):
+        sigma_next = levels[i + 1] if i + 1 < len(levels) else 0.0
+        rho = max(lam * sigma_n ** 2 / sigma ** 2, rho_min * norm2)
+        x0_hat = prior(x, sigma, generator)
+        x0 = conjugate_gradient(lambda v, r=rho: op.AT(op.A(v)) + r * v, aty + rho * x0_hat, x0_hat, cg_iters,
+                                couples_batch(op))
+        x = renoise(x0, x, x0, sigma, sigma_next, math.sqrt(zeta), generator)
+        _check_finite(x, name, i, sigma)
+        _report(callback, i, sigma, x, x0)
+    return _finish(x)
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dps": sample_dps,
     "langevin": sample_langevin,
     "pc": sample_pc,
     "ddnm": sample_ddnm,
     "dds": sample_dds,
+    "diffpir": sample_diffpir,
 }
 
 

@@ -66,7 +66,7 @@ def truth(batch: int = 2) -> torch.Tensor:
     return torch.stack([img, img.flip(1)])[:batch, None]
 
 
-FAST = dict(dps=dict(inner=2), langevin=dict(inner=2), pc=dict(inner=1), ddnm={}, dds={})
+FAST = dict(dps=dict(inner=2), langevin=dict(inner=2), pc=dict(inner=1), ddnm={}, dds={}, diffpir={})
 
 
 def run(name, prior, op, y, seed=0, steps=6, sigma_max=1.0, **kw):
@@ -89,7 +89,7 @@ def test_sampler_reduces_residual_and_is_deterministic(name, exact, prior):
     assert x.shape == (2, 1, H, W) and x.min() >= 0 and x.max() <= 1
     res = residual_norm(op, y, x)
     assert (res < 0.5 * residual_norm(op, y, start)).all(), (name, res)
-    if not exact and name in ("ddnm", "dds"):  # x0-space solvers beat the crude back-projection
+    if not exact and name in ("ddnm", "dds", "diffpir"):  # x0-space solvers beat the crude back-projection
         assert (res < residual_norm(op, y, op.pinv(y))).all(), (name, res)
     assert torch.equal(x, run(name, prior, op, y))
     assert not torch.equal(x, run(name, prior, op, y, seed=1))
@@ -148,7 +148,7 @@ def test_x_init_and_init_noise(prior):
 
 
 def test_default_schedule_and_options():
-    assert set(SAMPLERS) == {"dps", "langevin", "pc", "ddnm", "dds"} == set(SCHEDULE_DEFAULTS)
+    assert set(SAMPLERS) == {"dps", "langevin", "pc", "ddnm", "dds", "diffpir"} == set(SCHEDULE_DEFAULTS)
     assert sampler_options("dps") == dict(zeta=None, inner=10, eps=0.25, dc_grad="full", dc_step="landweber",
                                              init="pinv")
     assert sampler_options("dds")["cg_iters"] == 5
