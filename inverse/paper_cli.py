@@ -131,11 +131,6 @@ def _implicit_mlp(value, opts, ctx):
     opts["paper_arch_overrides"]["implicit_mlp"] = bool(value)
 
 
-def _workers(value, opts, ctx):
-    """The paper's --workers counts DataLoader processes; padis holds the images in memory and
-    has none, so in a paper command --workers only means that (nothing to set)."""
-
-
 TRAIN_OPTIONS = [
     PaperOption("--cond", click.BOOL, only("--cond", False, "padis trains unconditional priors (its solvers "
                                            "pass no class labels); use --cond=0")),

@@ -364,3 +364,18 @@ def test_recon_help_keeps_our_names():
     assert "--input" in text and "--problem" in text and "--sigma-min" in text and "--dc-step" in text
     for paper_only in ("--image_dir", "--name", "--blursize", "--S_churn", "--sigma_min", "--class", "--disc"):
         assert paper_only not in text
+
+
+def test_transfer_network_must_fit_the_data(tmp_path):
+    from torch_utils.persistence import save_network
+    from training.networks import build_network
+    from training.training_loop import transfer_network
+
+    path = save_network(build_network("tiny", 24, 1, positional=False), tmp_path / "nopos.safetensors")
+    with pytest.raises(ValueError, match=r"nopos\.safetensors: --transfer network denoises 1-channel images "
+                                         r"without position channels; the training data has 3 channel"):
+        transfer_network(path, {}, 3, True)
+    net = transfer_network(path, {"dropout": 0.3}, 1, False)
+    assert net.training and net.init_kwargs["dropout"] == 0.3 and all(p.requires_grad for p in net.parameters())
+    with pytest.raises(ValueError, match=r"cannot take the overrides \['model_channels'\]"):
+        transfer_network(path, {"model_channels": 32}, 1, False)
