@@ -75,12 +75,14 @@ class ReconConfig:
     # Baselines (inverse.baselines)
     baselines: list[str] = field(default_factory=lambda: ["fbp", "tv"])  # keys of BASELINES
     tv_weight: float | None = None  # TV weight (None: the baseline's default)
-    tv_iters: int | None = None  # TV iterations (None: the baseline's default)
+    tv_iters: int | None = None  # TV maximum iterations (None: inverse.baselines.TV_ITERS)
+    tv_tol: float | None = None  # TV stop: relative objective change (None: inverse.baselines.TV_TOL; 0: run tv_iters)
 
     # Where and how it runs
     outdir: str = field(default="out", metadata=FREE)  # runs go to OUTDIR/NNNNN-<problem>-<solver>/
     seed: int = 0  # image i uses seed + i
     device: str | None = field(default=None, metadata=FREE)  # None: cuda if available, else cpu
+    threads: int = field(default=0, metadata=FREE)  # torch CPU threads (0: torch's default)
     progress: bool = field(default=True, metadata=FREE)  # progress bars and the results table
     resume: str | None = field(default=None, metadata=FREE)  # an earlier run directory to complete
 

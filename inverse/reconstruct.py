@@ -245,6 +245,11 @@ def _seconds(fn: Callable, device: torch.device):
     return out, time.perf_counter() - t0
 
 
+def tv_options(cfg: ReconConfig) -> dict:
+    """The baselines' keyword arguments from ``cfg`` (None: the baseline's default; see accepted_kwargs)."""
+    return dict(weight=cfg.tv_weight, iters=cfg.tv_iters, tol=cfg.tv_tol)
+
+
 def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -> tuple[dict, dict]:
     """``cfg.baselines`` on one measurement: ({name: (C, H, W) image}, {name: seconds}).
 
@@ -257,7 +262,7 @@ def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -
     from inverse.baselines import BASELINES, method_label
     results, secs = {}, {}
     for b in cfg.baselines:
-        kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg.tv_weight, iters=cfg.tv_iters))
+        kw, _ = accepted_kwargs(BASELINES[b], tv_options(cfg))
         label = method_label(b, cfg.problem)
         with torch.no_grad():
             xb, secs[label] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
@@ -272,6 +277,8 @@ def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -
 def run(cfg: ReconConfig | dict) -> dict:
     """Reconstruct every input; write the run directory; return the summary dict."""
     cfg = validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if cfg.volume:  # each input is one 3-D volume, solved in slabs (inverse.volume)
         from inverse.volume import run_volume
         return run_volume(cfg)

@@ -196,7 +196,7 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
     """Measure and reconstruct one slab (n, H, W) in [0, 1]: ({method: (n, H, W)}, measurement,
     {method: seconds}, denoiser calls)."""
     from inverse.baselines import BASELINES
-    from inverse.reconstruct import accepted_kwargs
+    from inverse.reconstruct import accepted_kwargs, tv_options
 
     cfg, device = ctx.cfg, ctx.device
     op = ctx.operator(tuple(gt.shape[1:]), len(gt))
@@ -207,7 +207,7 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
             y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
     results, secs = {}, {}
     for b in cfg.baselines:
-        kw, _ = accepted_kwargs(BASELINES[b], dict(weight=cfg.tv_weight, iters=cfg.tv_iters))
+        kw, _ = accepted_kwargs(BASELINES[b], tv_options(cfg))
         with torch.no_grad():
             xb, secs[b] = _timed(lambda: BASELINES[b](op, y, **kw), device)
         results[b] = xb[:, 0].float().cpu().numpy()

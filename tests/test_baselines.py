@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inverse.baselines import BASELINES, fbp, grad, grad_T, tv, tv_norm, tv_objective
+from inverse.baselines import BASELINES, CHECK_EVERY, fbp, grad, grad_T, tv, tv_norm, tv_objective
 from inverse.operators import IMAGE_OPERATORS, make_operator
 
 SMALL = {
@@ -96,13 +96,52 @@ def test_tv_batched_equals_single(generator):
     torch.testing.assert_close(tv(op, y, 1e-3, iters=15)[1:2], tv(op, y[1:2], 1e-3, iters=15))
 
 
-def test_tv_early_stop_and_callback(generator):
+def test_tv_stops_on_objective_tolerance(generator):
     op = make_operator("denoise", (16, 8))
     y = op.noise(phantom(16)[..., :8], 0.05, generator)
     seen = []
-    tv(op, y, 0.03, iters=2000, tol=1e-4, callback=lambda d: seen.append(float(d["rel_change"].max())))
-    assert 10 <= len(seen) < 2000 and seen[-1] < 1e-4
-    assert len(seen) % 10 == 0
+    tv(op, y, 0.03, iters=2000, tol=1e-6, callback=seen.append)
+    objectives = [float(d["objective"][0]) for d in seen if d["objective"] is not None]
+    assert 20 <= len(seen) < 2000 and len(seen) % CHECK_EVERY == 0
+    assert len(objectives) == len(seen) // CHECK_EVERY
+    assert abs(objectives[-2] - objectives[-1]) < 1e-6 * objectives[-1]
+    assert all(abs(a - b) >= 1e-6 * b for a, b in zip(objectives[:-2], objectives[1:-1]))
+    assert objectives[-1] == pytest.approx(float(tv_objective(op, seen[-1]["x"], y, 0.03)[0]), rel=1e-6)
+    # tol 0 runs every iteration; a looser tolerance stops earlier
+    assert len(_iterations(op, y, tol=0.0, iters=70)) == 70
+    assert len(_iterations(op, y, tol=1e-3, iters=2000)) < len(seen)
+
+
+def _iterations(op, y, **kw):
+    seen = []
+    tv(op, y, 0.03, callback=seen.append, **kw)
+    return seen
+
+
+def test_tv_anisotropic(generator):
+    x = torch.zeros(1, 1, 4, 4)
+    x[..., 0, 1] = x[..., 1, 0] = 1.0  # pixels (0,0), (0,1), (1,0): both differences +-1
+    assert float(tv_norm(x, isotropic=False)) == pytest.approx(6.0)
+    assert float(tv_norm(x)) == pytest.approx(3 * 2**0.5)
+    op = make_operator("deblur_uniform", (16, 8))
+    y = op.noise(op.A(phantom(16)[..., :8]), 0.01, generator)
+    init = op.pinv(y).clamp(0, 1)
+    out = tv(op, y, 1e-3, iters=100, tol=0.0, isotropic=False)
+    iso = tv(op, y, 1e-3, iters=100, tol=0.0)
+    assert not torch.allclose(out, iso, atol=1e-4)
+    assert float(tv_objective(op, out, y, 1e-3, isotropic=False)[0]) < float(
+        tv_objective(op, init, y, 1e-3, isotropic=False)[0])
+
+
+def test_tv_step_ratio_same_minimum(generator):
+    """Other primal/dual step ratios reach the same minimum (the objective is convex)."""
+    op = make_operator("deblur_uniform", (16, 8))
+    y = op.noise(op.A(phantom(16)[..., :8]), 0.01, generator)
+    ref = float(tv_objective(op, tv(op, y, 1e-3, iters=3000, tol=0.0, step_ratio=100.0), y, 1e-3)[0])
+    start = float(tv_objective(op, op.pinv(y).clamp(0, 1), y, 1e-3)[0])
+    for ratio in (3.0, 30.0):
+        out = float(tv_objective(op, tv(op, y, 1e-3, iters=3000, tol=0.0, step_ratio=ratio), y, 1e-3)[0])
+        assert out == pytest.approx(ref, rel=1e-3) and out < 0.9 * start
 
 
 def test_tv_x_init_and_no_box(generator):
@@ -117,3 +156,5 @@ def test_tv_bad_arguments():
     op = make_operator("denoise", (16, 8))
     with pytest.raises(ValueError, match="weight"):
         tv(op, torch.zeros(1, 1, 16, 8), -1.0)
+    with pytest.raises(ValueError, match="step_ratio"):
+        tv(op, torch.zeros(1, 1, 16, 8), 1e-3, step_ratio=0.0)

@@ -388,3 +388,27 @@ def test_non_square_images_reconstruct_with_a_chosen_grid(assets, tmp_path):
     # A given pair that does not tile: the error lists pairs that do.
     one_line_error(invoke(inverse_nodist, [*args, "--pad", "24", "--psize", "56"]), 1, "working (pad, psize) pairs",
                    "(7, 16)")
+
+
+def test_tv_cost_in_help_and_threads_tol_reach_the_run(assets, tmp_path, monkeypatch):
+    """--help names TV's iteration count and tolerance; --threads and --tv-tol reach the run
+    (config.json; torch's thread count set; TV stops on the tolerance, called with it)."""
+    from inverse import baselines
+    from inverse.baselines import TV_ITERS, TV_TOL
+    text = CliRunner().invoke(inverse_nodist.main, ["--help"], terminal_width=400).output
+    assert f"[default: {TV_ITERS};" in text and f"[default: {TV_TOL:g}]" in text and "--threads" in text
+    assert "baseline's" not in text
+    seen = []
+    real_tv = baselines.tv
+    monkeypatch.setitem(baselines.BASELINES, "tv", lambda op, y, **kw: seen.append(kw) or real_tv(op, y, **kw))
+    threads = torch.get_num_threads()
+    try:
+        res = recon(assets, tmp_path, "--problem", "denoise", "--steps", "2", "--max-images", "1",
+                    "--threads", "1", "--tv-tol", "1e-3", "--tv-iters", "500")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((only_run_dir(tmp_path) / "config.json").read_text())
+    assert cfg["threads"] == 1 and cfg["tv_tol"] == 1e-3 and cfg["tv_iters"] == 500
+    assert seen == [dict(iters=500, tol=1e-3)]  # no --tv-weight: the baseline's default
