@@ -15,6 +15,7 @@ import torch
 from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT
 from inverse.cli import (
     check_network,
+    fail,
     parse_baselines,
     parse_pad,
     parse_size,
@@ -177,7 +178,7 @@ def main(**opts):
     from inverse.reconstruct import run
     summary = run_or_fail(run, cfg, debug)
     if summary["failures"]:
-        raise click.ClickException(f"{len(summary['failures'])} input(s) failed, the others were "
+        fail(f"{len(summary['failures'])} input(s) failed, the others were "
                                    f"reconstructed; see {summary['run_dir']}/summary.json")
 
 

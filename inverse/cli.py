@@ -5,8 +5,11 @@ Problems are ``click`` usage errors (exit code 2) with one line naming the optio
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -136,7 +139,23 @@ def run_or_fail(fn, cfg, debug: bool):
     except Exception as exc:
         if debug:
             raise
-        raise click.ClickException(to_flags(str(exc) or type(exc).__name__)) from None
+        fail(to_flags(str(exc) or type(exc).__name__))
+
+
+def fail(message: str) -> NoReturn:
+    """Stop with ``Error: message`` and exit status 1. Under torchrun (WORLD_SIZE > 1) only
+    rank 0 prints it; the ranks then meet (torch_utils.distributed.meet, if their group is still
+    up) and all leave at once with status 1 (``os._exit``: no interpreter teardown that would
+    let the launcher see one rank fail and SIGTERM the others). Otherwise a ClickException."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise click.ClickException(message)
+    from torch_utils import distributed as ddp
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"Error: {message}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ddp.meet()
+    os._exit(1)
 
 
 def to_flags(message: str, ctx: click.Context | None = None) -> str:

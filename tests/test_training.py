@@ -234,6 +234,7 @@ def test_ddp_two_cpu_processes(data_dir, tmp_path):
            "--duration", "0.00005"] + BASE
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "broadcast_buffers" not in proc.stderr and "Grad strides" not in proc.stderr  # no per-rank warnings
     [run] = _runs(tmp_path / "runs")
     sums = [json.loads((tmp_path / "sums" / f"params-rank{r}.json").read_text()) for r in (0, 1)]
     assert sums[0]["step"] == sums[1]["step"] > 0
@@ -257,3 +258,21 @@ def test_distributed_init_gives_plain_cuda_an_index(monkeypatch):
     assert ddp.init("cuda") == torch.device("cuda", 0)
     assert calls == [torch.device("cuda", 0)]
     assert ddp.init("cuda:0") == torch.device("cuda", 0)
+
+
+@pytest.mark.slow
+def test_ddp_bad_input_is_reported_once_and_every_rank_exits_1(tmp_path):
+    """One unreadable file under torchrun: one Error line (rank 0), naming the path once; both
+    ranks exit with status 1 (none is SIGTERMed by the launcher)."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"garbage")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(REPO / "train.py"), "--data", str(bad), "--outdir", str(tmp_path / "runs")] + BASE
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and errors[0].count("x.png") == 1, proc.stderr[-3000:]
+    assert "unreadable image file" in errors[0]
+    assert "SIGTERM" not in proc.stderr and proc.stderr.count("exitcode  : 1 ") == 2, proc.stderr[-3000:]

@@ -79,7 +79,8 @@ def _read_pil(source, label: str, stem: str, mat_key: str) -> Raw:
         img = Image.open(source)
         img.load()
     except Exception as exc:  # pillow raises several unrelated types for corrupt files
-        raise ValueError(f"{label}: unreadable image file ({type(exc).__name__}: {exc})") from None
+        reason = str(exc).replace(f" '{source}'", "").replace(str(source), "the file")  # name the path once
+        raise ValueError(f"{label}: unreadable image file ({type(exc).__name__}: {reason})") from None
     frames = getattr(img, "n_frames", 1)
     if frames == 1:
         yield stem, _pil_to_array(img, label)

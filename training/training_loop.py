@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -283,8 +284,7 @@ def _run(c: dict, device: torch.device) -> dict:
     progress = _restore(t, resume_path, dataset) if resume_path is not None else Progress()
     run_dir, cfg_out = _open_run_dir(t, dataset, reuse_dir, resume_path, progress)
     if world > 1:
-        t.ddp = torch.nn.parallel.DistributedDataParallel(
-            t.net, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+        t.ddp = _wrap_ddp(t.net, device)
     dataset_kwargs = dict(class_name="training.dataset.ImageDataset", **dataset.kwargs,
                           resolution=list(dataset.resolution), channels=dataset.channels)
     t.writer = _Writer(run_dir, rank == 0, t.ema, t.loss_fn, dataset_kwargs, cfg_out)
@@ -542,6 +542,18 @@ def _end_tick(t: _Training, progress: Progress, tick: _TickStats) -> None:
         t.writer.snapshot(progress.step, progress.nimg)
     if c["dump_ticks"] and progress.tick % c["dump_ticks"] == 0:
         t.writer.state(t.gather_state(progress))
+
+
+def _wrap_ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP without per-forward buffer syncs (the buffers are constant resampling filters, equal
+    on every rank) and with gradients as views of the reduction buckets (no copy, so no "grad
+    strides do not match bucket view strides" warning from each rank). Newer torch names the
+    buffer option ``forward_sync_buffers`` and warns on ``broadcast_buffers``."""
+    DDP = torch.nn.parallel.DistributedDataParallel
+    sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+            else "broadcast_buffers")
+    return DDP(net, device_ids=[device] if device.type == "cuda" else None, gradient_as_bucket_view=True,
+               **{sync: False})
 
 
 def _default_desc(c: dict) -> str:
