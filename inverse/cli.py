@@ -145,11 +145,14 @@ def run_or_fail(fn, cfg, debug: bool):
 def fail(message: str) -> NoReturn:
     """Stop with ``Error: message`` and exit status 1. Under torchrun (WORLD_SIZE > 1) only
     rank 0 prints it; the ranks then meet (torch_utils.distributed.meet, if their group is still
-    up) and all leave at once with status 1 (``os._exit``: no interpreter teardown that would
-    let the launcher see one rank fail and SIGTERM the others). Otherwise a ClickException."""
+    up) and all leave at once with status 1 (``os._exit``: no interpreter teardown); a rank
+    the launcher SIGTERMs meanwhile also exits with 1. Otherwise a ClickException."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise click.ClickException(message)
+    import signal
+
     from torch_utils import distributed as ddp
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(1))  # the launcher stopping a rank: still status 1
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"Error: {message}", err=True)
     sys.stdout.flush()
