@@ -13,8 +13,9 @@ Rows (one table, JSON with ``--out``):
 - ``cone A+AT``: the same for ``ct_cone`` (CUDA only; on CPU the row says why not).
 - ``||A|| first / cached``: seconds of ``op.norm()`` on a fresh geometry (power iteration) and on
   a second operator of the same geometry (inverse.operators.NORM_CACHE).
-- ``volume recon``: ``inverse_nodist.py --volume`` on the first ``--slices`` held-out CT head
-  slices (``datasets/ct_head/test``; the shipped prior unless ``--network``), one slab, dds with
+- ``volume recon``: ``inverse_nodist.py --volume`` on the first held-out CT head slab
+  (``datasets/ct_head/test``: adjacent slices, at most ``--slices``; the shipped prior unless
+  ``--network``), one slab, dds with
   ``--steps`` levels, with and without ``--z-coupling``: solve seconds, slices/s, volume PSNR.
 """
 
@@ -96,9 +97,19 @@ def norm_rows(device: torch.device, size: int) -> list[dict]:
     return out
 
 
+def first_slab(files: list[Path], most: int) -> list[Path]:
+    """The first run of adjacent slices (slice_NNN.png with consecutive NNN), at most ``most``."""
+    out = files[:1]
+    for f in files[1:most]:
+        if int(f.stem.split("_")[-1]) != int(out[-1].stem.split("_")[-1]) + 1:
+            break
+        out.append(f)
+    return out
+
+
 def recon_rows(device: torch.device, network: str | None, slices: int, steps: int, z_coupling: float,
                workdir: Path) -> list[dict]:
-    src = sorted((REPO / "datasets/ct_head/test").glob("*.png"))[:slices]
+    src = first_slab(sorted((REPO / "datasets/ct_head/test").glob("slice_*.png")), slices)
     vol_dir = workdir / "slab"
     vol_dir.mkdir()
     for f in src:

@@ -71,7 +71,7 @@ step bench_memory 40 "$PY" benchmarks/bench_memory.py --arch ddpmpp --sizes 128,
 step bench_batch 30 "$PY" benchmarks/bench_batch.py --arch ddpmpp --ks 1,2,4,8 --images 8 --steps 3 \
     --out "$RES/bench_batch.json"
 # Volumes: A+AT per 16-slice slab (per-slice vs one 3D CUDA call on torch memory), cone beam,
-# the ||A|| cache, and a 16-slice held-out slab through inverse_nodist.py --volume (dds 3 levels,
+# the ||A|| cache, and the first held-out slab (10 adjacent slices) through inverse_nodist.py --volume (dds 3 levels,
 # with and without --z-coupling).
 step bench_volume 40 "$PY" benchmarks/bench_volume.py --slices 16 --steps 3 --out "$RES/bench_volume.json"
 # The demo end to end on the device (shipped prior, TV baselines on ASTRA CUDA). Fan beam and
