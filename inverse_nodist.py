@@ -87,7 +87,7 @@ from inverse.samplers import SAMPLERS
 @click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), help="Largest noise level [default: solver's; dds/diffpir 1, others 10]")
 @click.option("--zeta", type=float, help="dps/langevin/pc data step, a fraction of a Landweber step 1/||A||² "
               "[default: 1.8]; with --dc-step paper an absolute step [default: 0.3]; diffpir: renoise mix, "
-              "0 predicted noise .. 1 fresh noise [default: 0.3]")
+              "0 predicted noise .. 1 fresh noise [default: 1]")
 @click.option("--inner", type=click.IntRange(min=0), help="dps/langevin/pc inner iterations per level [default: dps/langevin 10, pc 1]")
 @click.option("--eps", type=float, help="dps/langevin/pc Langevin step alpha = eps*sigma^2 [default: 0.25]")
 @click.option("--dc-grad", type=click.Choice(["full", "x0"]), help="dps: gradient through the network or at D(x) [default: full]")
@@ -97,7 +97,7 @@ from inverse.samplers import SAMPLERS
 @click.option("--predictor", type=click.Choice(["sde", "ode"]), help="pc predictor [default: sde]")
 @click.option("--eta", type=float, help="ddnm/dds renoise: 1 fresh noise, 0 deterministic [default: ddnm 0.85, dds 1]")
 @click.option("--lam", type=float, help="dds prior weight relative to ||A||^2 [default: 0.01; 0.1 for deblurring]; "
-              "diffpir: rho = lam * noise_std^2 / sigma^2 [default: 7]")
+              "diffpir: rho = lam * noise_std^2 / sigma^2 [default: 0.3]")
 @click.option("--cg-iters", type=click.IntRange(min=0), help="dds/diffpir conjugate-gradient iterations per level [default: 5]; ddnm: CG correction")
 @click.option("--init", type=click.Choice(["pinv", "noise"]), help="Solver start [default: pinv]")
 @click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")

@@ -530,8 +530,9 @@ def sample_dds(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
 @torch.inference_mode()
 def sample_diffpir(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
                    x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
-                   lam: float = 7.0,      # rho = lam * noise_std² / sigma² (DiffPIR's lambda).
-                   zeta: float = 0.3,     # Renoise mix: 0 = predicted noise only, 1 = fresh noise only.
+                   lam: float = 0.3,      # rho = lam * noise_std² / sigma² (DiffPIR's lambda; paper 7).
+                   zeta: float = 1.0,     # Renoise mix: 0 = predicted noise only, 1 = fresh noise only
+                                          # (paper 0.3). Both tuned on CT tuning slice 055 (notes/solvers.md).
                    cg_iters: int = 5,     # CG iterations of the data proximal step per level.
                    rho_min: float = 1e-4,  # Floor of rho relative to ||A||² (noise-free y: near projection).
                    noise_std: float | torch.Tensor | None = None,  # Std of y's noise (y's units); the
@@ -546,6 +547,7 @@ def sample_diffpir(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, gene
     eps_hat = (x - x0) / sigma the noise the corrected estimate implies and z fresh noise.
     Unlike dds (a fixed weight lam ||A||²) the data weight grows as sigma falls: the prior
     dominates early, the measurement late, in the ratio a Gaussian posterior gives (lam = 1).
+    With zeta = 1 the renoise is dds's (eta = 1) and the two differ only in that weight.
     Prior calls: len(sigmas)."""
     name = "diffpir"
     if not 0 <= zeta <= 1:
