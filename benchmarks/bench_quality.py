@@ -21,7 +21,8 @@ cell's summary in ``cells/PROBLEM__METHOD.json``, and from all cells ``quality.j
 the default marked). ``--report DIR`` only rebuilds the table and plot.
 
 Cost: the paper-setting solvers (``dps``, ``dps_x0``, ``langevin``: 100 levels x 10 inner
-iterations, ~1000 network calls per image) run on ``--expensive-slices`` slices of CT 20
+iterations, ~1000 network calls per image) and the K-sample means (``dds_k2``, ``dds_k4``: K
+times the patches per call) run on ``--expensive-slices`` slices of CT 20
 views only, unless ``--expensive-problems`` says otherwise; everything else runs on
 ``--slices`` slices. ``--smoke`` (the test suite's version) caps steps, inner iterations and
 TV iterations so a tiny network finishes in seconds.
@@ -40,28 +41,36 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inverse.cases import CASES, EVAL_SLICES, Case, stage_images  # noqa: E402  (after the path insert, as in the other benchmarks)
+from inverse.baselines import TV_TOL  # noqa: E402  (after the path insert, as in the other benchmarks)
+from inverse.cases import CASES, EVAL_SLICES, Case, stage_images  # noqa: E402
 from inverse.config import ReconConfig  # noqa: E402
 from torch_utils import misc  # noqa: E402
 
 # problem name -> its Case (inverse.cases; the inputs are --images, not the case's source). The
-# demo's cases plus 8-view CT; weights tuned on slice 004 (benchmarks/tune_tv.py --set quality).
+# demo's cases plus 8-view CT; TV weights tuned on tuning slice 055 (benchmarks/tune_tv.py --set quality).
 PROBLEMS = {
     "ct_parbeam_20": CASES["ct_parbeam_20"],
-    "ct_parbeam_8": Case("ct_parbeam", EVAL_SLICES, dict(views=8), 0.005, 1e-3, 0.01),
+    "ct_parbeam_8": Case("ct_parbeam", EVAL_SLICES, dict(views=8), 0.005, 2e-4, 0.01),
     **{k: CASES[k] for k in ("ct_fanbeam_40", "ct_lact_120deg", "deblur_uniform_9", "super_x4")},
 }
 
-TV_ITERS = 2000  # PDHG iterations: run to convergence (500 lost ~1 dB on 20-view CT)
+TV_ITERS = 3000  # maximum PDHG iterations; the objective tolerance (inverse.baselines.TV_TOL) stops earlier
 PAPER = dict(pad=24, psize=56)
 
 # method -> how it runs. 'baselines' rows come from the dds cell's run (the same measurements).
 # Everything else: prior, solver, schedule and solver options; 'tier' 'expensive' = ~1000 calls.
 METHODS = {
     "fbp": dict(label="FBP / pinv", baseline=True, settings="filtered backprojection / pseudo-inverse"),
-    "tv": dict(label="TV (PDHG)", baseline=True, settings=f"{TV_ITERS} PDHG iterations, weight tuned on slice 004"),
+    "tv": dict(label="TV (PDHG)", baseline=True,
+               settings=f"PDHG to objective tolerance {TV_TOL:g} (max {TV_ITERS}), weight tuned on slice 055"),
     "dds": dict(label="PaDIS dds (default)", prior="patch", solver="dds", steps=20, sigma_max=1.0,
                 kwargs=dict(cg_iters=5, eta=1.0), settings="20 levels, sigma_max 1, 5 CG, lam per problem"),
+    "dds_k2": dict(label="PaDIS dds, mean of 2", prior="patch", solver="dds", steps=20, sigma_max=1.0,
+                   kwargs=dict(cg_iters=5, eta=1.0), samples=2, settings="as dds, mean of K = 2 samples", tier="expensive"),
+    "dds_k4": dict(label="PaDIS dds, mean of 4", prior="patch", solver="dds", steps=20, sigma_max=1.0,
+                   kwargs=dict(cg_iters=5, eta=1.0), samples=4, settings="as dds, mean of K = 4 samples", tier="expensive"),
+    "diffpir": dict(label="PaDIS DiffPIR", prior="patch", solver="diffpir", steps=20, sigma_max=1.0,
+                    kwargs=dict(cg_iters=5), settings="20 levels, sigma_max 1, 5 CG, solver's lam/zeta"),
     "dds30": dict(label="PaDIS dds 30", prior="patch", solver="dds", steps=30, sigma_max=1.0,
                   kwargs=dict(cg_iters=5, eta=1.0), settings="30 levels, sigma_max 1, 5 CG"),
     "ddnm": dict(label="PaDIS DDNM", prior="patch", solver="ddnm", steps=100, sigma_max=10.0, kwargs={},
@@ -91,12 +100,15 @@ PLOT_PROBLEM = "ct_parbeam_20"
 
 
 def select_images(images: Path, exclude: list[str], n: int | None) -> list[Path]:
-    """Image files of ``images`` (sorted) without those whose stem is in ``exclude``; the first ``n``."""
+    """Image files of ``images`` (sorted) without those whose stem is in ``exclude``; ``n`` of
+    them evenly spaced over the sorted list (so both test slabs are sampled), or all."""
     from training.dataset import list_image_files
     files = [Path(f) for f in list_image_files(images) if Path(f).stem not in exclude]
     if not files:
         raise click.UsageError(f"--images {images}: no images left after --exclude {','.join(exclude)}")
-    return files[:n] if n else files
+    if not n or n >= len(files):
+        return files
+    return [files[i * len(files) // n] for i in range(n)]
 
 
 def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir: Path, device: str,
@@ -114,9 +126,11 @@ def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir:
                        noise=case.noise, problem_kwargs=dict(case.options), prior=m["prior"],
                        pad=caps.get("pad", PAPER["pad"]), psize=caps.get("psize", PAPER["psize"]),
                        solver=m["solver"], steps=steps, sigma_min=0.003, sigma_max=m["sigma_max"],
-                       solver_kwargs=kwargs, baselines=["fbp", "tv"] if method == DEFAULT_METHOD else [],
+                       solver_kwargs=kwargs, samples=m.get("samples", 1),
+                       baselines=["fbp", "tv"] if method == DEFAULT_METHOD else [],
                        tv_weight=case.tv_weight, tv_iters=caps.get("tv_iters") or TV_ITERS, outdir=str(outdir),
-                       seed=seed, device=device, progress=False)
+                       seed=seed, device=device, progress=False,
+                       parallel_baselines=bool(caps.get("parallel_baselines")))
 
 
 def per_image(run_dir: str | Path, source: str) -> dict[str, dict] | None:
@@ -314,9 +328,11 @@ def _names(text: str | None, allowed: dict, option: str) -> list[str]:
               help="Patch-grid zero padding of the stitched prior.")
 @click.option("--psize", default=PAPER["psize"], show_default=True, type=click.IntRange(min=1),
               help="Patch size of the stitched prior (and of patch averaging).")
+@click.option("--parallel-baselines", is_flag=True,
+              help="TV/FBP in a thread beside the dds solve (same numbers; seconds are then shared wall times).")
 @click.option("--smoke", is_flag=True, help="Caps: 2 levels, 1 inner iteration, 3 TV iterations (tests).")
 def main(network, whole_network, images, exclude, slices, expensive_slices, expensive_problems, problems,
-         methods, outdir, run_dir, report_only, device, threads, seed, pad, psize, smoke):
+         methods, outdir, run_dir, report_only, device, threads, seed, pad, psize, parallel_baselines, smoke):
     """Run the quality benchmark (see the module docstring)."""
     if report_only:
         click.echo(write_report(Path(report_only)))
@@ -333,7 +349,7 @@ def main(network, whole_network, images, exclude, slices, expensive_slices, expe
         methods.append(DEFAULT_METHOD)  # the baselines come from the default cell's run
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     caps = dict(steps=2, inner=1, tv_iters=3) if smoke else {}
-    caps.update(pad=pad, psize=psize)
+    caps.update(pad=pad, psize=psize, parallel_baselines=parallel_baselines)
     networks = dict(patch=network, whole=whole_network)
     excluded = [e.strip() for e in exclude.split(",") if e.strip()]
     bench = Path(run_dir) if run_dir else misc.new_run_dir(outdir, "quality")

@@ -12,11 +12,13 @@ term is divided by ||A||^2 (op.norm()), so `weight` means the same for every ope
 denoising (||A|| = 1) it is the usual ROF weight on [0, 1] images, about the noise std. With
 `relative=False` the objective is literally 0.5 ||A x - y||^2 + weight * TV(x).
 
-Best relative weights measured on skimage's camera resized to 64x64, 300 iterations (PSNR dB of
-pinv -> TV): CT parallel 20 views, noise 0.005 * max|y|: 1e-3 (21.7 -> 29.9); fan beam: 3e-3
-(12.3 -> 27.1); limited angle: 1e-3..3e-3 (16.3 -> 25.3); uniform / Gaussian deblur, noise 0.01:
-3e-3 (19.7 -> 25.9 / 21.0 -> 26.0); super x4, noise 0.01: 3e-2 (21.7 -> 24.3); inpaint random
-50 %: 1e-2 (7.8 -> 28.2); denoise, noise 0.05: 3e-2 (26.3 -> 31.9). Tune per data set.
+Convergence: the PDHG step ratio tau / sigma (``auto_step_ratio``) and the objective tolerance
+(``tol``) decide whether TV is converged; with ratio 1 and 2000 iterations 20-view CT was 0.3 dB
+short of its minimum. Best relative weights on CT head tuning slice 055 (256², PDHG to the
+default tolerance, benchmarks/tune_tv.py --set quality; PSNR dB): CT parallel 20 views, noise
+0.005: 3e-4 (31.10); 8 views: 2e-4 (24.70); fan beam 40 views: 3e-4 (27.70); limited angle
+120 degrees: 3e-4 (27.32); uniform 9x9 deblur, noise 0.01: 1e-3 (31.47); super x4, noise 0.01:
+1e-2 (28.24). Tune per data set.
 """
 
 from __future__ import annotations
