@@ -13,7 +13,8 @@ from __future__ import annotations
 import click
 import torch
 
-from inverse.cli import check_network, parse_pad, parse_size, pick_prior, run_or_fail
+from dnnlib.cli import run_or_fail
+from inverse.cli import check_network, parse_pad, parse_size, pick_prior
 from inverse.generate import EDM_METHODS, parse_int_list
 from inverse.generate import run as generate_run
 from inverse.prior import PRIOR_BUILDERS

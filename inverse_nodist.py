@@ -13,6 +13,7 @@ import click
 import torch
 
 from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT
+from dnnlib.cli import run_or_fail
 from inverse.cli import (
     check_network,
     fail,
@@ -22,7 +23,6 @@ from inverse.cli import (
     parse_window,
     pick_prior,
     problem_options,
-    run_or_fail,
     solver_options,
 )
 from inverse.config import ReconConfig

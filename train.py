@@ -90,7 +90,7 @@ def main(**opts):
     Exit codes: 2 usage errors, 1 failures (one line; the traceback only with --debug),
     128 + signal after SIGTERM/SIGINT (a training state was written).
     """
-    from inverse.cli import run_or_fail
+    from dnnlib.cli import run_or_fail
     from training import training_loop
 
     ctx = click.get_current_context()

@@ -94,7 +94,7 @@ def _ks(text: str) -> list[int]:
 @click.option("--steps", default=5, type=click.IntRange(min=1), help="dds noise levels")
 @click.option("--device", default=None, help="[default: cuda if available, else cpu]")
 @click.option("--threads", default=0, type=int, help="torch CPU threads (0: torch default)")
-@click.option("--out", default=str(REPO / "benchmarks" / "results" / "bench_batch.json"), type=click.Path())
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON output file [default: bench_batch.json in a new out/NNNNN-bench_batch/]")
 def main(network, arch, ks_text, n_images, steps, device, threads, out):
     from torch_utils.persistence import save_network
     from training.networks import build_network
@@ -123,7 +123,8 @@ def main(network, arch, ks_text, n_images, steps, device, threads, out):
     meta = dict(device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda"
                 else "cpu", threads=torch.get_num_threads(), network=arch or str(network), steps=steps,
                 problem="ct_parbeam views=20", image="256x256", pad=24, psize=56)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    from torch_utils import misc
+    out = misc.result_file(out, "bench_batch")
     Path(out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
     click.echo(f"images/s vs --images-per-batch K ({meta['device_name']}, {meta['network']}, dds {steps} levels, "
                f"256x256, 25 patches per image)")

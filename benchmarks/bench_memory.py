@@ -114,7 +114,7 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--safety", default=1.5, type=float, help="Factor on the linear estimate")
 @click.option("--device", default=None, help="[default: cuda if available, else cpu]")
 @click.option("--threads", default=1, type=click.IntRange(min=1), help="torch threads")
-@click.option("--out", default=str(ROOT / "benchmarks" / "results" / "bench_memory.json"), type=click.Path())
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON output file [default: bench_memory.json in a new out/NNNNN-bench_memory/]")
 @click.option("--worker", "worker_spec", default=None, hidden=True)
 def main(worker_spec, sizes, priors, out, max_gb, safety, **opts):
     """Peak memory and time of one no-grad denoiser call per prior and image size; table + JSON."""
@@ -149,7 +149,8 @@ def main(worker_spec, sizes, priors, out, max_gb, safety, **opts):
     click.echo(f"arch {opts['arch']}, device {opts['device']}, threads {opts['threads']}, precision "
                f"{opts['precision']}, one no-grad call; patch prior psize {opts['psize']}, batch {opts['batch']}")
     click.echo(format_table(rows))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    from torch_utils import misc
+    out = misc.result_file(out, "bench_memory")
     from torch_utils.misc import atomic_write_json
     atomic_write_json(out, dict(config=dict(opts, sizes=sizes, priors=names, max_gb=max_gb, safety=safety),
                                 rows=rows), overwrite=True)

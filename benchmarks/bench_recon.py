@@ -250,7 +250,7 @@ def format_table(results: list[dict]) -> str:
 @click.option("--sigma-max", default=10.0, type=float)
 @click.option("--device", default=None, help="[default: cuda if available, else cpu]")
 @click.option("--threads", default=0, type=int, help="torch threads (0: torch default)")
-@click.option("--out", default=str(ROOT / "benchmarks" / "results" / "bench_recon.json"), type=click.Path())
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON output file [default: bench_recon.json in a new out/NNNNN-bench_recon/]")
 @click.option("--worker", "worker_cfg", default=None, hidden=True)
 def main(worker_cfg, solvers, out, **opts):
     """Time each solver on sparse-view CT with a patch prior; print a table, write JSON."""
@@ -279,7 +279,8 @@ def main(worker_cfg, solvers, out, **opts):
                f"{opts['psize']}, arch {opts['arch']}, device {opts['device']}, precision {opts['precision']}"
                f"{' channels-last' if opts['channels_last'] else ''}, {opts['iters']} level(s) per solver")
     click.echo(format_table(results))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    from torch_utils import misc
+    out = misc.result_file(out, "bench_recon")
     from torch_utils.misc import atomic_write_json
     atomic_write_json(out, dict(config=opts, results=results), overwrite=True)
     click.echo(f"wrote {out}")

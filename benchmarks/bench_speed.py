@@ -50,7 +50,7 @@ FLAGS = ("cl", "compile", "nograd")
 
 def parse_variant(spec: str) -> dict:
     """'bf16+cl' -> dict(name='bf16+cl', precision='bf16', cl=True, compile=False, nograd=False)."""
-    from inverse.prior import PRECISIONS
+    from training.networks import PRECISIONS
     precision, *flags = spec.strip().split("+")
     if precision not in PRECISIONS or any(f not in FLAGS for f in flags):
         raise click.BadParameter(f"{spec!r}: expected PRECISION[+{'][+'.join(FLAGS)}] with PRECISION one of "
@@ -190,7 +190,7 @@ def format_table(result: dict) -> str:
 @click.option("--threads", default=0, type=int, help="torch threads (0: torch default)")
 @click.option("--gemm-peak/--no-gemm-peak", default=True, help="Time a matrix product per precision as the ceiling")
 @click.option("--gemm-size", default=4096, type=click.IntRange(min=16), help="Side of the --gemm-peak matrices")
-@click.option("--out", default=str(ROOT / "benchmarks" / "results" / "bench_speed.json"), type=click.Path())
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON output file [default: bench_speed.json in a new out/NNNNN-bench_speed/]")
 def main(out, **opts):
     """Median seconds per denoiser call for each variant, timed interleaved; table + JSON."""
     for v in opts["variants"].split(","):
@@ -199,7 +199,8 @@ def main(out, **opts):
     with contextlib.redirect_stdout(sys.stderr):
         result = run(opts)
     click.echo(format_table(result))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    from torch_utils import misc
+    out = misc.result_file(out, "bench_speed")
     from torch_utils.misc import atomic_write_json
     atomic_write_json(out, result, overwrite=True)
     click.echo(f"wrote {out}")

@@ -136,7 +136,7 @@ def _measure(spec: dict) -> dict:
 @click.option("--skip-whole", is_flag=True, help="No whole-image configuration (throughput only; no ratio).")
 @click.option("--precision", default="fp32", help="Comma list of fp32, bf16, fp16 (autocast of the loss).")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, help="Round-robin repeats; median reported.")
-@click.option("--out", type=click.Path(dir_okay=False), default=str(REPO / "benchmarks/results/bench_train.json"))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON output file [default: bench_train.json in a new out/NNNNN-bench_train/]")
 @click.option("--worker", default=None, hidden=True, help="Internal: JSON spec of one configuration.")
 def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, patch_sizes, patches, skip_whole,
          precision, repeats, out, worker):
@@ -208,7 +208,8 @@ def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, patc
         lines.append(f"target (patch memory <= 1/4 of whole at the paper's batch settings): "
                      f"{'met' if ok else 'NOT met'}")
     click.echo("\n".join(lines))
-    out = Path(out)
+    from torch_utils import misc
+    out = misc.result_file(out, "bench_train")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(arch=arch, device=device, resolution=resolution, pad=pad, batch=batch,
                                    steps=steps, threads=threads, precisions=precisions, repeats=repeats,

@@ -63,7 +63,7 @@ def _number(text: str):
 @click.option("--pad", default=24, type=int)
 @click.option("--psize", default=56, type=int)
 @click.option("--threads", default=0, type=int, help="torch CPU threads (0: default).")
-@click.option("--out", default=str(REPO / "benchmarks/results/tune_solver.json"), type=click.Path(dir_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON output file [default: tune_solver.json in a new out/NNNNN-tune_solver/]")
 def main(network, images, max_images, problem, problem_opts, noise, solver, grid, steps, sigma_max,
          sigma_min, pad, psize, threads, out):
     from inverse.metrics import psnr, ssim
@@ -109,7 +109,8 @@ def main(network, images, max_images, problem, problem_opts, noise, solver, grid
                    f"calls {row['calls']:.0f} {row['seconds']:.1f} s/img", err=False)
     rows.sort(key=lambda r: -r["psnr"])
     click.echo(f"best: {json.dumps(rows[0]['setting'])} PSNR {rows[0]['psnr']:.2f}")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    from torch_utils import misc
+    out = misc.result_file(out, "tune_solver")
     Path(out).write_text(json.dumps(dict(network=str(network), images=str(images), max_images=max_images,
                                          problem=problem, problem_opts=opts, noise=noise, solver=solver,
                                          pad=pad, psize=psize, rows=rows), indent=2) + "\n")

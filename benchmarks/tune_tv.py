@@ -38,7 +38,7 @@ from inverse.baselines import TV_ITERS, TV_TOL  # noqa: E402  (after the path in
 @click.option("--cases", default=None, help="Comma list of inverse.cases.CASES names [default: all].")
 @click.option("--set", "case_set", type=click.Choice(["demo", "quality"]), default="demo", show_default=True,
               help="Cases of inverse.cases.CASES, or problems of benchmarks/bench_quality.py's PROBLEMS.")
-@click.option("--out", default=str(REPO / "benchmarks/results/tune_tv.json"), type=click.Path(dir_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON output file [default: tune_tv.json in a new out/NNNNN-tune_tv/]")
 def main(slice_path, weights, iters, tol, threads, cases, case_set, out):
     from inverse.baselines import tv
     from inverse.cases import CASES
@@ -75,7 +75,8 @@ def main(slice_path, weights, iters, tol, threads, cases, case_set, out):
         best = max(rows, key=lambda r: r["psnr"])
         click.echo(f"{name:<18} best weight {best['weight']:g} ({best['psnr']:.2f} dB)")
         report["cases"][name] = dict(rows=rows, best=best)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    from torch_utils import misc
+    out = misc.result_file(out, "tune_tv")
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
     click.echo(f"wrote {out}")
 

@@ -23,7 +23,7 @@ is within odlstuff.geometry.ADJOINT_TOL of the forward projector's adjoint for t
 
 `make_operator(name, image_shape, channels, device, **options)` builds one from the registry
 `OPERATORS`; the options of an operator are its constructor's keyword arguments (strings such
-as "20" or "0,2.0944" from a command line are accepted).
+as "20" or "0,2.1" from a command line are accepted).
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ class LimitedAngleCT(_CT):
         channels: int = 1,  # image channels
         device: str | torch.device = "cpu",  # astra_cuda on CUDA, astra_cpu otherwise
         views: int = 20,  # projection angles inside the wedge
-        angle_range: str | tuple[float, float] = "0,2.0944",  # 'lo,hi' radians; paper (0, 2 pi / 3)
+        angle_range: str | tuple[float, float] = geo.LACT_RANGE,  # 'lo,hi' radians; the paper's (0, 2 pi / 3)
         det_count: int = geo.DET_COUNT,  # detector pixels
         det_extent: float = geo.DET_EXTENT,  # detector half width
         domain: float = geo.DOMAIN,  # image half width

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from training.networks import position_grid
+from training.networks import PRECISIONS, position_grid
 
 # ----------------------------------------------------------------------------------------
 # Pure grid helpers
@@ -178,15 +178,11 @@ def _sigma_vector(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
     return s.expand(batch)
 
 
-# --precision name -> autocast dtype (None: plain float32).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device`` (None for fp32), or a ValueError for
     an unknown name or fp16 off CUDA (CPU autocast in fp16 is slow and loses accuracy)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+        raise ValueError(f"precision={precision!r}; expected one of {sorted(PRECISIONS)}")
     device = torch.device(device)
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"precision fp16 needs a CUDA device (this network is on {device}); "

@@ -235,16 +235,6 @@ def _load_inputs(cfg: ReconConfig, failures: list[dict], ranges: dict | None = N
     return None, False, {size}
 
 
-def _seconds(fn: Callable, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - t0
-
-
 def tv_options(cfg: ReconConfig) -> dict:
     """The baselines' keyword arguments from ``cfg`` (None: the baseline's default; see accepted_kwargs)."""
     return dict(weight=cfg.tv_weight, iters=cfg.tv_iters, tol=cfg.tv_tol)
@@ -265,7 +255,7 @@ def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -
         kw, _ = accepted_kwargs(BASELINES[b], tv_options(cfg))
         label = method_label(b, cfg.problem)
         with torch.no_grad():
-            xb, secs[label] = _seconds(lambda: BASELINES[b](op, y, **kw), device)
+            xb, secs[label] = misc.timed(lambda: BASELINES[b](op, y, **kw), device)
         results[label] = xb[0].detach().float().cpu().numpy()
     return results, secs
 
@@ -600,9 +590,9 @@ def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tup
                position=1)
     setup.prior.reset_calls()
     try:
-        x, seconds = _seconds(lambda: setup.sampler(setup.prior, op, y, setup.sigmas, prepared[0].generator,
-                                                    callback=lambda *_a, **_k: bar.update(1),
-                                                    **options), setup.device)
+        x, seconds = misc.timed(lambda: setup.sampler(setup.prior, op, y, setup.sigmas, prepared[0].generator,
+                                                      callback=lambda *_a, **_k: bar.update(1),
+                                                      **options), setup.device)
         return x.reshape(len(group), k, *x.shape[1:]), seconds
     except FloatingPointError as exc:  # this solve diverged: record its images, go on with the others
         together = f" (solved together with {len(group) - 1} other image(s))" if len(group) > 1 else ""

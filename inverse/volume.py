@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -182,16 +181,6 @@ class VolumeContext:
         return self._ops[key]
 
 
-def _timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - t0
-
-
 def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> tuple[dict, np.ndarray, dict, int]:
     """Measure and reconstruct one slab (n, H, W) in [0, 1]: ({method: (n, H, W)}, measurement,
     {method: seconds}, denoiser calls)."""
@@ -209,14 +198,14 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
     for b in cfg.baselines:
         kw, _ = accepted_kwargs(BASELINES[b], tv_options(cfg))
         with torch.no_grad():
-            xb, secs[b] = _timed(lambda: BASELINES[b](op, y, **kw), device)
+            xb, secs[b] = misc.timed(lambda: BASELINES[b](op, y, **kw), device)
         results[b] = xb[:, 0].float().cpu().numpy()
     solve_op, solve_y = op, y
     if cfg.z_coupling:
         solve_op = SliceCoupled(op, cfg.z_coupling)
         solve_y = solve_op.extend(y)
     ctx.prior.reset_calls()
-    xr, secs[PADIS] = _timed(lambda: ctx.sampler(ctx.prior, solve_op, solve_y, ctx.sigmas, gen, callback=progress,
+    xr, secs[PADIS] = misc.timed(lambda: ctx.sampler(ctx.prior, solve_op, solve_y, ctx.sigmas, gen, callback=progress,
                                                  **ctx.solver_kwargs), device)
     results[PADIS] = xr[:, 0].float().cpu().numpy()
     return results, y[:, 0].float().cpu().numpy(), secs, ctx.prior.calls

@@ -20,6 +20,7 @@ SMALL = {
 }
 
 
+
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(10 * torch.log10(1.0 / (x - ref).square().mean()))
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from inverse.metrics import markdown_table, psnr, ssim, summarize, summary_table
+from inverse.metrics import psnr, ssim
 
 
 def test_identical_images():
@@ -30,15 +30,3 @@ def test_ssim_rgb_and_degradation():
     assert s == pytest.approx(per_channel, rel=1e-6)
     with pytest.raises(ValueError, match="differs"):
         psnr(ref, ref[:, :10])
-
-
-def test_summarize_and_tables():
-    rows = [dict(name="a", psnr=20.0, ssim=0.5), dict(name="b", psnr=30.0, ssim=0.7)]
-    s = summarize(rows)
-    assert set(s) == {"psnr", "ssim"}
-    assert s["psnr"] == dict(mean=25.0, std=5.0, n=2)
-    assert s["ssim"]["mean"] == pytest.approx(0.6)
-    table = markdown_table(rows, digits=2)
-    assert table.splitlines()[0] == "| name | psnr | ssim |"
-    assert "| b | 30.00 | 0.70 |" in table
-    assert "| psnr | 25.0000 | 5.0000 | 2 |" in summary_table(s)

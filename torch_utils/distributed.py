@@ -50,10 +50,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if is_initialized() else 0
-
-
 def is_main() -> bool:
     return rank() == 0
 
@@ -61,12 +57,6 @@ def is_main() -> bool:
 def barrier() -> None:
     if is_initialized():
         dist.barrier()
-
-
-def print0(*args, **kwargs) -> None:
-    """``print`` on rank 0 only."""
-    if is_main():
-        print(*args, **kwargs)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-_RUN_RE = re.compile(r"^(\d{5})-")
+RUN_DIR_RE = re.compile(r"^(\d{5})-")  # OUTDIR/NNNNN-<desc>: group 1 is the run number
 _TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # atomic_path's ".NAME.<random>.tmp"
 # Test hook (used by the kill-and-resume tests): "GLOB:SECONDS" makes atomic_path sleep after the
 # content of a file whose name matches GLOB is written to its temporary name, before the rename,
@@ -43,6 +43,29 @@ def clean_desc(desc: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", desc).strip("_") or "run"
 
 
+def timed(fn: Callable[[], Any], device) -> tuple[Any, float]:
+    """(fn(), seconds it took); on CUDA the device is synchronised before and after."""
+    import torch
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def result_file(out: str | os.PathLike | None, name: str, outdir: str | os.PathLike = "out") -> Path:
+    """Where a benchmark writes its JSON: ``out`` if given (the file named, e.g. the committed
+    one under benchmarks/results/, replaced on purpose), else ``NAME.json`` in a new run
+    directory ``OUTDIR/NNNNN-NAME/``."""
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return Path(out)
+    return new_run_dir(outdir, name) / f"{name}.json"
+
+
 def new_run_dir(outdir: str | os.PathLike, desc: str) -> Path:
     """Make ``outdir/NNNNN-desc`` with NNNNN one above the largest existing run id.
 
@@ -51,7 +74,7 @@ def new_run_dir(outdir: str | os.PathLike, desc: str) -> Path:
     outdir = check_writable(outdir)
     desc = clean_desc(desc)
     while True:
-        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := _RUN_RE.match(p.name))]
+        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := RUN_DIR_RE.match(p.name))]
         run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
         try:
             run_dir.mkdir()

@@ -434,17 +434,24 @@ class EDMPrecond(torch.nn.Module):
                                 label_dim=label_dim, use_fp16=use_fp16, sigma_min=sigma_min,
                                 sigma_max=sigma_max, sigma_data=sigma_data, model_type=model_type,
                                 **model_kwargs)
+        self._set_up(img_resolution, img_channels, img_channels, label_dim, use_fp16, sigma_min, sigma_max,
+                     sigma_data, model_type, model_kwargs)
+
+    def _set_up(self, img_resolution, img_channels, out_channels, label_dim, use_fp16, sigma_min, sigma_max,
+                sigma_data, model_type, model_kwargs) -> None:
+        """The attributes and the U-Net (``img_channels`` in, ``out_channels`` out); the
+        constructors of this class and its subclass differ only in the channels."""
         self.img_resolution = img_resolution
         self.img_channels = img_channels
-        self.out_channels = img_channels
-        self.pos_channels = 0
+        self.out_channels = out_channels
+        self.pos_channels = img_channels - out_channels
         self.label_dim = label_dim
         self.use_fp16 = use_fp16
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
         self.model = _build_model(model_type, img_resolution=img_resolution, in_channels=img_channels,
-                                  out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+                                  out_channels=out_channels, label_dim=label_dim, **model_kwargs)
 
     def _run(self, x: torch.Tensor, sigma, extra: torch.Tensor | None, class_labels, force_fp32: bool):
         x = x.to(torch.float32)
@@ -494,25 +501,17 @@ class PatchEDMPrecond(EDMPrecond):
                  sigma_data: float = 0.5,          # Expected std of the training data.
                  model_type: str = "SongUNet",     # Class name of the U-Net.
                  **model_kwargs):                  # Arguments of the U-Net.
-        torch.nn.Module.__init__(self)
+        super(EDMPrecond, self).__init__()  # nn.Module's: EDMPrecond's would build a U-Net for img_channels out
         self.init_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels,
                                 out_channels=out_channels, label_dim=label_dim, use_fp16=use_fp16,
                                 sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data,
                                 model_type=model_type, **model_kwargs)
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.out_channels = img_channels if out_channels is None else out_channels
-        self.pos_channels = img_channels - self.out_channels
-        if self.pos_channels not in (0, 2):
+        out = img_channels if out_channels is None else out_channels
+        if img_channels - out not in (0, 2):
             raise ValueError(f"PatchEDMPrecond: img_channels={img_channels}, out_channels={out_channels}; "
                              "expected img_channels = out_channels + 2 (position channels)")
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.sigma_min = sigma_min
-        self.sigma_max = sigma_max
-        self.sigma_data = sigma_data
-        self.model = _build_model(model_type, img_resolution=img_resolution, in_channels=img_channels,
-                                  out_channels=self.out_channels, label_dim=label_dim, **model_kwargs)
+        self._set_up(img_resolution, img_channels, out, label_dim, use_fp16, sigma_min, sigma_max, sigma_data,
+                     model_type, model_kwargs)
 
     def forward(self, x: torch.Tensor, sigma, pos: torch.Tensor | None = None, class_labels=None,
                 force_fp32: bool = False) -> torch.Tensor:
@@ -521,6 +520,10 @@ class PatchEDMPrecond(EDMPrecond):
         if self.pos_channels and pos is None:
             raise ValueError("PatchEDMPrecond: this network expects 2 position channels; pass pos")
         return self._run(x, sigma, pos if self.pos_channels else None, class_labels, force_fp32)
+
+
+# Precision name -> the autocast dtype a network runs under (None: plain float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import torch
 from torch_utils import distributed as dist
 from torch_utils import misc
 from training.dataset import ImageDataset
-from training.networks import build_network
+from training.networks import PRECISIONS, build_network
 from training.patch_loss import (
     WHOLE,
     PatchEDMLoss,
@@ -97,9 +97,7 @@ DEFAULTS: dict[str, Any] = dict(
     progress=True,               # tqdm progress bar on rank 0.
 )
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _STATE_RE = re.compile(r"^training-state-(\d+)\.pt$")
-_RUN_RE = re.compile(r"^(\d{5})-")
 DEBUG_CHECKSUM_ENV = "PADIS_DEBUG_CHECKSUM_DIR"  # test-only: each rank writes a parameter checksum
 
 
@@ -115,9 +113,9 @@ def find_latest_state(outdir: str | os.PathLike, desc: str | None = None) -> Pat
     if not outdir.is_dir():
         return None
     suffix = None if desc is None else "-" + misc.clean_desc(desc)
-    runs = sorted((p for p in outdir.iterdir() if p.is_dir() and _RUN_RE.match(p.name)
+    runs = sorted((p for p in outdir.iterdir() if p.is_dir() and misc.RUN_DIR_RE.match(p.name)
                    and (suffix is None or p.name[5:] == suffix)),
-                  key=lambda p: int(_RUN_RE.match(p.name).group(1)), reverse=True)
+                  key=lambda p: int(misc.RUN_DIR_RE.match(p.name).group(1)), reverse=True)
     for run_dir in runs:
         states = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _STATE_RE.match(p.name))]
         if states:
@@ -173,7 +171,7 @@ def resolve_config(cfg: dict | None = None, **kwargs) -> dict:
         raise ValueError("config: 'data' (training images) is required")
     c["patch_sizes"] = parse_patch_sizes(c["patch_sizes"])
     if c["precision"] not in PRECISIONS:
-        raise ValueError(f"--precision {c['precision']!r}; expected one of {sorted(PRECISIONS)}")
+        raise ValueError(f"precision={c['precision']!r}; expected one of {sorted(PRECISIONS)}")
     for key in ("tick_kimg", "duration_mimg", "batch_mul_base"):
         if not c[key] or c[key] <= 0:
             raise ValueError(f"config: {key} must be positive, got {c[key]}")
