@@ -12,8 +12,8 @@ from __future__ import annotations
 import click
 import torch
 
-from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT
 from dnnlib.cli import run_or_fail
+from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT
 from inverse.cli import (
     check_network,
     fail,

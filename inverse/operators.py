@@ -105,8 +105,8 @@ class Operator:
     # pinv(A x) is a (possibly regularised) orthogonal-projection-like inverse: I - pinv A has
     # eigenvalues in [0, 1], so iterating x <- x + pinv(y - A x) (DDNM) is stable. False for CT,
     # where pinv is FBP: iterating its correction diverges at low noise levels. Stable is not
-    # noise-safe: with noisy y each correction re-injects pinv's amplified noise (Wiener deblur,
-    # noise 0.01: DDNM 8.6 dB, notes/quality.md; a DDNM+ noise model is not implemented).
+    # noise-safe: with noisy y each correction re-injects pinv's amplified noise (measured for
+    # Wiener deblurring in notes/quality.md; a DDNM+ noise model is not implemented).
     stable_pinv = True
     couples_batch = False  # True: the batch is one volume's slices and A mixes them (module docstring)
     norm_batch = 1  # batch size of the power iteration's input (couples_batch: the volume's slices)

@@ -18,7 +18,7 @@ through ``torch.compile``; if compiling fails (no C++ compiler, an unsupported o
 ``RuntimeWarning`` says why and the network runs eagerly from then on.
 
 The cut/stitch helpers below are pure functions (no state, no randomness), tested by an exact
-extract -> stitch round trip (STYLE.md habit 4).
+extract -> stitch round trip.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from training.networks import PRECISIONS, position_grid
 
 
 def patches_per_axis(size: int, psize: int) -> int:
-    """P = size // psize + 1 patches along one axis (DESIGN.md)."""
+    """P = size // psize + 1 patches along one axis (docs/ARCHITECTURE.md, Priors)."""
     return size // psize + 1
 
 

@@ -27,9 +27,7 @@ Conventions shared by all solvers:
   scale of ``A``. ``zeta`` (dps, langevin, pc) is a fraction of a Landweber step: the data
   update is ``zeta/||A||²`` times the gradient of ½||y - A x||² (dps: of ½||y - A D(x)||²), so
   zeta = 1 is one full Landweber step and zeta >= 2 diverges along A's largest singular vector.
-  The default 1.8 was the best of 0.3 / 1 / 1.8 on 20-view CT (tuning slice 004; 0.3 left the
-  solvers sampling the prior almost unconditionally: 18 dB after 30 x 3 iterations); at the
-  paper's 100 x 10 schedule it gives DPS (x0) 32.43 dB and Langevin 32.13 dB there.
+  The default 1.8 was tuned on 20-view CT (tuning slice; notes/quality.md, "zeta").
   ``dps`` with ``dc_step='paper'`` instead takes the paper code's own step: an absolute
   ``zeta`` (its README: 0.3) on the gradient of ||y - A D(x)|| (see ``sample_dps``).
 * Non-finite values raise ``FloatingPointError`` naming the solver, the level and sigma.

@@ -412,7 +412,7 @@ def test_paper_size_pickle_loads(tmp_path):
     state, ref = net.state_dict(), big.state_dict()
     assert list(state) == list(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
     # img_resolution 384: levels 384/192/96, attn_resolutions [16] matches none; the one attention
-    # block is the decoder's first at the lowest level (DESIGN.md).
+    # block is the decoder's first at the lowest level (docs/ARCHITECTURE.md).
     assert sorted({k.split(".")[2] for k in state if ".qkv." in k}) == ["96x96_in0"]
     _no_side_effect(marker)
 

@@ -1,5 +1,5 @@
 """Robustness (issue 6): kill and resume (training and reconstruction), one bad file among
-good ones, every bad input of DESIGN.md through the CLIs, never overwrite, full disk /
+good ones, every bad input of docs/ARCHITECTURE.md through the CLIs, never overwrite, full disk /
 unwritable outdir, untrusted training states, non-finite reconstructions.
 
 Tiny nets, 16-32 px images, a few steps; the kill tests run train.py / inverse_nodist.py as
@@ -353,7 +353,7 @@ def test_recon_nonfinite_solver_stops_that_image_only(assets, tmp_path, monkeypa
 
 
 # ----------------------------------------------------------------------------------------
-# 5. Every bad input of DESIGN.md through the CLIs: one line naming the file or option and
+# 5. Every bad input of docs/ARCHITECTURE.md through the CLIs: one line naming the file or option and
 #    what was expected; exit 2 for usage errors, 1 for failures; traceback only with --debug.
 
 

@@ -285,7 +285,7 @@ def list_image_files(path: str | os.PathLike) -> list[Path]:
 
 def _to_unit_float(arr: np.ndarray, label: str, normalize: bool, channels: int | None,
                    ranges: list | None = None) -> np.ndarray:
-    """Raw (C, H, W) array -> float32 in [0, 1], with the checks of DESIGN.md. With
+    """Raw (C, H, W) array -> float32 in [0, 1], with the checks of docs/ARCHITECTURE.md (Data). With
     ``normalize`` the (min, max) it maps to [0, 1] is appended to ``ranges`` (if given)."""
     if arr.ndim != 3 or arr.shape[1] == 0 or arr.shape[2] == 0:
         raise ValueError(f"{label}: image of shape {arr.shape}; expected (C, H, W) with H, W > 0")

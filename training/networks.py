@@ -5,7 +5,7 @@ Module and parameter names follow the EDM / Patch-Diffusion / PaDIS family
 of a published PaDIS network maps onto ours one to one. Constructor arguments have the same
 names and meaning as in that family, so a pickled network's ``_init_kwargs`` rebuild it.
 
-Conventions (DESIGN.md): images are ``(B, C, H, W)`` float32 in [0, 1]; the denoiser is
+Conventions (docs/ARCHITECTURE.md): images are ``(B, C, H, W)`` float32 in [0, 1]; the denoiser is
 ``D(x, sigma, pos) -> x0_hat`` with EDM preconditioning (Karras et al. 2022, Table 1) and
 ``sigma_data = 0.5``; ``pos`` holds two channels (x = column, then y = row) in [-1, 1].
 """
@@ -532,7 +532,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 
 def position_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Position channels of a whole canvas: (1, 2, H, W), x (column) then y (row), each
-    ``(i / (N - 1) - 0.5) * 2`` in [-1, 1] (DESIGN.md). Patches crop this grid."""
+    ``(i / (N - 1) - 0.5) * 2`` in [-1, 1] (docs/ARCHITECTURE.md). Patches crop this grid."""
     xs = torch.linspace(-1, 1, width, device=device, dtype=dtype) if width > 1 else torch.zeros(1, device=device, dtype=dtype)
     ys = torch.linspace(-1, 1, height, device=device, dtype=dtype) if height > 1 else torch.zeros(1, device=device, dtype=dtype)
     grid_x = xs[None, :].expand(height, width)

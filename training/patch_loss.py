@@ -17,7 +17,7 @@ Batch multiplier (the paper's code): a step with patch size ``p`` draws
 ``base`` 16 by default, i.e. 64 for 16, 32 for 32 and 16 for 64 — smaller patches, larger
 batch (paper: ``--batch 1`` gives 16 patches of 64x64 per step). ``base`` is an option
 (``--batch-mul-base``; 1 gives 4/2/1). The size ``'whole'`` means the whole padded canvas (use
-``pad_width=0`` for the whole-image baseline); it always has ``batch_mul`` 1. Images are in [0, 1] (DESIGN.md); zero padding is black.
+``pad_width=0`` for the whole-image baseline); it always has ``batch_mul`` 1. Images are in [0, 1] (docs/ARCHITECTURE.md); zero padding is black.
 """
 
 from __future__ import annotations
