@@ -26,16 +26,22 @@ def default_network() -> str | None:
     return str(found[0]) if len(found) == 1 else None
 
 
+def _one_or_two_ints(value: str, form: str, positive: str) -> list[int]:
+    """'24' or '15,23' -> [24] or [15, 23], each >= 1; else a BadParameter naming ``form``."""
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected {form} in pixels") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: expected {form} with {positive}")
+    return parts
+
+
 def parse_size(ctx, param, value):
     """'256' or '256,192' (H,W) -> [H, W]."""
     if value is None:
         return None
-    try:
-        parts = [int(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected S or H,W in pixels") from None
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise click.BadParameter(f"{value!r}: expected S or H,W with positive sizes")
+    parts = _one_or_two_ints(value, "S or H,W", "positive sizes")
     return parts * (3 - len(parts))
 
 
@@ -43,12 +49,7 @@ def parse_pad(ctx, param, value):
     """'24' -> 24, '15,23' -> [15, 23] (rows, columns); each >= 1."""
     if value is None:
         return None
-    try:
-        parts = [int(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected P or 'rows,cols' in pixels") from None
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise click.BadParameter(f"{value!r}: expected P or 'rows,cols' with sizes >= 1")
+    parts = _one_or_two_ints(value, "P or 'rows,cols'", "sizes >= 1")
     return parts[0] if len(parts) == 1 else parts
 
 

@@ -194,16 +194,20 @@ def check_resume_config(run_dir: Path, cfg: ReconConfig | dict) -> None:
                              f"{new_values.get(key)!r}; resume with the same options (or start a new run)")
 
 
+def open_run_dir(cfg: ReconConfig, suffix: str = "") -> Path:
+    """A new OUTDIR/NNNNN-<problem>-<solver><suffix>, or resume's directory once its config.json
+    was checked against ``cfg`` and the temporaries a killed run left were removed."""
+    if not cfg.resume:
+        return misc.new_run_dir(cfg.outdir, f"{cfg.problem}-{cfg.solver}{suffix}")
+    run_dir = Path(cfg.resume)
+    check_resume_config(run_dir, cfg)
+    misc.remove_stale_temps(run_dir)
+    return run_dir
+
+
 def _make_run_dir(cfg: ReconConfig, rank: int) -> Path:
-    """Rank 0 makes OUTDIR/NNNNN-<problem>-<solver> (or reuses resume's); every rank gets its path."""
-    run_dir = None
-    if rank == 0:
-        if cfg.resume:
-            run_dir = Path(cfg.resume)
-            check_resume_config(run_dir, cfg)
-            misc.remove_stale_temps(run_dir)
-        else:
-            run_dir = misc.new_run_dir(cfg.outdir, f"{cfg.problem}-{cfg.solver}")
+    """Rank 0 opens the run directory (:func:`open_run_dir`); every rank gets its path."""
+    run_dir = open_run_dir(cfg) if rank == 0 else None
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 

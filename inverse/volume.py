@@ -336,7 +336,7 @@ def reconstruct_volume(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first
 def run_volume(cfg: ReconConfig) -> dict:
     """Reconstruct every volume of ``cfg.input``; write the run directory; return the summary."""
     from inverse.prior import check_prior_geometry
-    from inverse.reconstruct import check_resume_config
+    from inverse.reconstruct import open_run_dir
     from torch_utils import distributed as ddp
 
     if cfg.input is None:
@@ -357,12 +357,7 @@ def run_volume(cfg: ReconConfig) -> dict:
     for v in volumes:  # operators (and their errors, e.g. cone beam on CPU) before any work
         for n in sorted({z1 - z0 for z0, z1 in slab_bounds(v.shape[0], cfg.slab)}):
             ctx.operator(tuple(v.shape[1:]), n)
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        check_resume_config(run_dir, cfg)
-        misc.remove_stale_temps(run_dir)
-    else:
-        run_dir = misc.new_run_dir(cfg.outdir, f"{cfg.problem}-{cfg.solver}-volume")
+    run_dir = open_run_dir(cfg, "-volume")
     cfg = cfg.replace(run_dir=str(run_dir))
     if not cfg.resume:
         misc.atomic_write_json(run_dir / "config.json", cfg.to_dict())

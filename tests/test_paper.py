@@ -20,6 +20,7 @@ from torch_utils import convert
 from torch_utils.persistence import load_network
 
 from edm_fixtures import PAPER_DATASET_KWARGS, PAPER_TINY_KWARGS, no_side_effect, paper_network, write_paper_pickle  # isort: skip
+from helpers import write_smooth_images
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,7 @@ def assets(tmp_path_factory) -> dict:
     net = build_network("tiny", img_resolution=32, image_channels=1).eval()
     net_path = save_network(net, root / "tiny.safetensors")
     write_paper_pickle(root / "network-snapshot-000800.pkl", paper_network(PAPER_TINY_KWARGS), root / "marker")
-    images = root / "images"
-    images.mkdir()
-    yy, xx = np.mgrid[:32, :32]
-    for k in range(2):
-        img = 0.5 + 0.4 * np.sin(xx / (3 + k)) * np.cos(yy / 4)
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L").save(images / f"img{k}.png")
+    images = write_smooth_images(root / "images")
     return dict(root=root, net=str(net_path), images=str(images), pkl=str(root / "network-snapshot-000800.pkl"),
                 marker=root / "marker")
 

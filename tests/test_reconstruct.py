@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import write_smooth_images
 from PIL import Image
 
 import generate
@@ -35,13 +36,8 @@ def assets(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     net = build_network("tiny", img_resolution=32, image_channels=1).eval()
     net_path = save_network(net, root / "tiny.safetensors")
-    images = root / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:32, :32]
-    for k in range(2):
-        img = 0.5 + 0.4 * np.sin(xx / (3 + k)) * np.cos(yy / 4) + 0.05 * rng.standard_normal((32, 32))
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L").save(images / f"img{k}.png")
+    images = write_smooth_images(root / "images", noise=0.05)
+    rng = np.random.default_rng(1)
     rgb = root / "rgb"
     rgb.mkdir()
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB").save(rgb / "color.png")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import write_smooth_images
 from PIL import Image
 
 import inverse_nodist
@@ -33,12 +34,7 @@ def assets(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     net_path = save_network(build_network("tiny", img_resolution=32, image_channels=1).eval(),
                             root / "tiny.safetensors")
-    images = root / "images"
-    images.mkdir()
-    yy, xx = np.mgrid[:32, :32]
-    for k in range(2):
-        img = 0.5 + 0.4 * np.sin(xx / (3 + k)) * np.cos(yy / 4)
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L").save(images / f"img{k}.png")
+    images = write_smooth_images(root / "images")
     return dict(net=str(net_path), images=str(images))
 
 
