@@ -212,7 +212,7 @@ def test_bf16_on_cpu_is_finite_float32_and_close_to_fp32(busy_net):
 def test_fp16_on_cpu_and_unknown_precision_are_clear_errors(busy_net):
     with pytest.raises(ValueError, match="fp16 needs a CUDA device.*use bf16 on CPU"):
         PatchPrior(busy_net, pad=4, psize=12, precision="fp16")
-    with pytest.raises(ValueError, match=r"precision 'int8'; expected one of \['bf16', 'fp16', 'fp32'\]"):
+    with pytest.raises(ValueError, match=r"precision='int8'; expected one of \['bf16', 'fp16', 'fp32'\]"):
         WholeImagePrior(busy_net, precision="int8")
 
 
