@@ -12,11 +12,10 @@ from __future__ import annotations
 import click
 import torch
 
-from dnnlib.cli import run_or_fail
+from dnnlib.cli import fail, run_or_fail
 from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT
 from inverse.cli import (
     check_network,
-    fail,
     parse_baselines,
     parse_pad,
     parse_size,
