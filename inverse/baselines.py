@@ -13,12 +13,8 @@ denoising (||A|| = 1) it is the usual ROF weight on [0, 1] images, about the noi
 `relative=False` the objective is literally 0.5 ||A x - y||^2 + weight * TV(x).
 
 Convergence: the PDHG step ratio tau / sigma (``auto_step_ratio``) and the objective tolerance
-(``tol``) decide whether TV is converged; with ratio 1 and 2000 iterations 20-view CT was 0.3 dB
-short of its minimum. Best relative weights on CT head tuning slice 055 (256², PDHG to the
-default tolerance, benchmarks/tune_tv.py --set quality; PSNR dB): CT parallel 20 views, noise
-0.005: 3e-4 (31.10); 8 views: 2e-4 (24.70); fan beam 40 views: 3e-4 (27.70); limited angle
-120 degrees: 3e-4 (27.32); uniform 9x9 deblur, noise 0.01: 1e-3 (31.47); super x4, noise 0.01:
-1e-2 (28.24). Tune per data set.
+(``tol``) decide whether TV is converged. Measured weights per problem and the convergence
+study: notes/quality.md (tuned per data set with benchmarks/tune_tv.py).
 """
 
 from __future__ import annotations
@@ -138,11 +134,8 @@ def auto_step_ratio(weight: float) -> float:
     """PDHG step ratio tau / sigma for a relative TV weight: 0.05 / weight in [1, 1000].
 
     The dual TV variable is bounded by the weight while x is O(1), so the primal step should
-    grow as the weight shrinks. Measured on tuning slice 055 (256², benchmarks/tv_study.py and
-    the note in notes/quality.md): 20-view CT at weight 5e-4 reaches its converged PSNR
-    (30.88 dB) in ~1000 iterations with ratio 100 but is 0.3 dB short after 2000 with ratio 1;
-    uniform deblurring is fastest with ratio 10-100 at weight 1e-3 and 10 at 1e-2, 4x
-    super-resolution with 1 at 3e-2 and 10 at 3e-3."""
+    grow as the weight shrinks; the constant was measured on CT, deblurring and SR
+    (notes/quality.md, benchmarks/tv_study.py)."""
     return float(min(max(0.05 / max(weight, 1e-30), 1.0), 1000.0))
 
 
