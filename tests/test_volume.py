@@ -254,14 +254,14 @@ def test_cone_beam_on_cpu_is_one_clear_error(tiny_net, tmp_path):
 def test_cone_beam_adjoint_and_fdk_on_cuda(generator):
     op = make_operator("ct_cone", (24, 24), device="cuda", views=12, slices=6, det_count=48)
     assert op.couples_batch and op.measurement_shape == (12, 48) and op.adjoint_error < 0.05
-    x = torch.rand(6, 1, 24, 24, generator=generator).cuda()
-    v = torch.rand(6, 1, 12, 48, generator=generator).cuda()
+    x = torch.rand(6, 1, 24, 24, generator=generator).to("cuda")
+    v = torch.rand(6, 1, 12, 48, generator=generator).to("cuda")
     lhs, rhs = float((op.A(x).double() * v.double()).sum()), float((x.double() * op.AT(v).double()).sum())
     assert abs(lhs - rhs) <= 0.05 * abs(lhs)
     assert op.A(x).device.type == "cuda"
     with pytest.raises(ValueError, match="takes 6 slices"):
         op.A(x[:4])
-    ball = torch.from_numpy(phantom(6, 24)).cuda()[:, None]
+    ball = torch.from_numpy(phantom(6, 24)).to("cuda")[:, None]
     rec = op.pinv(op.A(ball))
     assert float((rec - ball).square().mean()) < float(ball.square().mean())  # FDK resembles the volume
 
@@ -274,10 +274,10 @@ def test_parallel_volume_projector_on_cuda_matches_slice_projector(generator, mo
     cpu = make_operator("ct_parbeam", (24, 20), device="cpu", views=9, det_count=64)
     assert isinstance(cuda.projector, geo.VolumeProjector), cuda.projector
     x = torch.rand(5, 1, 24, 20, generator=generator)
-    ya, yb = cuda.A(x.cuda()).cpu(), cpu.A(x)
+    ya, yb = cuda.A(x.to("cuda")).cpu(), cpu.A(x)
     assert float((ya - yb).norm() / yb.norm()) < 0.05
     v = torch.rand(5, 1, 9, 64, generator=generator)
-    assert float((cuda.AT(v.cuda()).cpu() - cpu.AT(v)).norm() / cpu.AT(v).norm()) < 0.05
+    assert float((cuda.AT(v.to("cuda")).cpu() - cpu.AT(v)).norm() / cpu.AT(v).norm()) < 0.05
 
     def host_path(*a, **k):
         raise AssertionError("the per-slice numpy projector was called")
@@ -285,7 +285,7 @@ def test_parallel_volume_projector_on_cuda_matches_slice_projector(generator, mo
     # A and AT must not go through host (numpy) arrays: the per-slice projector's methods fail here
     monkeypatch.setattr(geo.Projector, "forward", host_path)
     monkeypatch.setattr(geo.Projector, "adjoint", host_path)
-    out = cuda.AT(cuda.A(x.cuda()))
+    out = cuda.AT(cuda.A(x.to("cuda")))
     assert out.device.type == "cuda" and out.shape == x.shape
 
 
