@@ -21,6 +21,15 @@ def load_benchmark(name: str) -> ModuleType:
     return mod
 
 
+def write_noise_images(folder: Path, n: int = 5, size: int = 16, seed: int = 0) -> Path:
+    """``n`` uniform-noise 8-bit grey PNGs ``img{k}.png`` of ``size`` x ``size`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(folder / f"img{k}.png")
+    return folder
+
+
 def write_smooth_images(folder: Path, n: int = 2, size: int = 32, noise: float = 0.0, seed: int = 0) -> Path:
     """``n`` smooth 8-bit grey PNGs ``img{k}.png`` (a product of sines, plus ``noise`` std) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 import generate
 import inverse_nodist
@@ -20,7 +19,7 @@ from torch_utils import convert
 from torch_utils.persistence import load_network
 
 from edm_fixtures import PAPER_DATASET_KWARGS, PAPER_TINY_KWARGS, no_side_effect, paper_network, write_paper_pickle  # isort: skip
-from helpers import write_smooth_images
+from helpers import write_noise_images, write_smooth_images
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +146,7 @@ BASE = ["--arch", "tiny", "--pad-width", "4", "--patch-sizes", "8,16", "--batch"
 
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("mydata")
-    rng = np.random.default_rng(0)
-    for k in range(5):
-        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(d / f"img{k}.png")
-    return d
+    return write_noise_images(tmp_path_factory.mktemp("mydata"))
 
 
 def _train(args, expect=0):

@@ -94,21 +94,13 @@ def test_random_bytes(valid_files, data, suffix):
         _try(load_snapshot, path)
 
 
+@pytest.mark.parametrize("name", ["net.pkl", "paper.pkl"])
 @FUZZ
 @given(mutation=MUTATION)
-def test_mutated_pickle(valid_files, mutation):
+def test_mutated_pickle(valid_files, name, mutation):
+    """Mutations of our pickle and of one in the paper's layout (whose module_src would leave a marker file)."""
     root, files = valid_files
-    path = _write(root, "net.pkl", _mutate(files["net.pkl"], *mutation))
-    _try(load_network, path)
-    _try(load_snapshot, path)
-
-
-@FUZZ
-@given(mutation=MUTATION)
-def test_mutated_paper_pickle(valid_files, mutation):
-    """Mutations of a pickle in the paper's layout, whose module_src would leave a marker file."""
-    root, files = valid_files
-    path = _write(root, "paper.pkl", _mutate(files["paper.pkl"], *mutation))
+    path = _write(root, name, _mutate(files[name], *mutation))
     _try(load_network, path)
     _try(load_snapshot, path)
     no_side_effect(root / "marker")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from helpers import write_noise_images
 
 import train
 from training.patch_loss import PatchEDMLoss
@@ -28,11 +28,7 @@ BASE = ["--arch", "tiny", "--pad-width", "4", "--patch-sizes", "8,16", "--batch"
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("pngs")
-    rng = np.random.default_rng(0)
-    for k in range(5):
-        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(d / f"img{k}.png")
-    return d
+    return write_noise_images(tmp_path_factory.mktemp("pngs"))
 
 
 def _train(args, expect=0):
