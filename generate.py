@@ -14,7 +14,7 @@ import click
 import torch
 
 from dnnlib.cli import run_or_fail
-from inverse.cli import check_network, parse_pad, parse_size, pick_prior
+from inverse.cli import check_network, parse_size, patch_grid_options, pick_prior
 from inverse.generate import EDM_METHODS, parse_int_list
 from inverse.generate import run as generate_run
 from inverse.prior import PRIOR_BUILDERS
@@ -38,11 +38,7 @@ def parse_seeds(ctx, param, value):
 @click.option("--sigma-max", default=80.0, type=float, help="Largest noise level")
 @click.option("--prior", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser [default: "
               "patch; whole for a checkpoint trained on whole images]")
-@click.option("--pad", callback=parse_pad, help="Zero padding per side, pixels: P or 'rows,cols' [default: chosen "
-              "from --size, 24 for 256]")
-@click.option("--psize", type=click.IntRange(min=1), help="Patch size, pixels [default: chosen from --size and "
-              "the network's trained patch sizes, 56 for 256]")
-@click.option("--stride", type=click.IntRange(min=1), help="Patch stride of --prior average [default: psize//2]")
+@patch_grid_options(sizes="--size")
 @click.option("--batch", type=click.IntRange(min=1), help="Max patches per network call [default: all]")
 @click.option("--outdir", default="out", type=click.Path(file_okay=False), help="Runs go to OUTDIR/NNNNN-generate-HxW/")
 @click.option("--device", default=None, help="[default: cuda if available, else cpu]")

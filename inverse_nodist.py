@@ -17,9 +17,9 @@ from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT
 from inverse.cli import (
     check_network,
     parse_baselines,
-    parse_pad,
     parse_size,
     parse_window,
+    patch_grid_options,
     pick_prior,
     problem_options,
     solver_options,
@@ -76,11 +76,7 @@ from inverse.samplers import SAMPLERS
 @click.option("--volume", is_flag=True, help="Each input (.npy D,H,W / .mat stack / NIfTI / DICOM series or slice directory) is one volume, solved in slabs")
 @click.option("--slab", default=16, type=click.IntRange(min=1), help="--volume: adjacent slices solved together (one network and projector call per step)")
 @click.option("--z-coupling", default=0.0, type=click.FloatRange(min=0), help="--volume: weight of ||slice differences||² (relative to ||A||²) in the data step; 0: slices independent")
-@click.option("--pad", callback=parse_pad, help="Zero padding per side, pixels: P, or 'rows,cols' "
-              "[default: chosen per image size; 24 with --psize 56 for 256x256, the paper's]")
-@click.option("--psize", type=click.IntRange(min=1), help="Patch size, pixels [default: chosen per image size "
-              "within the network's trained patch sizes, closest to the paper's 56/24 ratio]")
-@click.option("--stride", type=click.IntRange(min=1), help="Patch stride of --prior average [default: psize//2]")
+@patch_grid_options(sizes="each image's size")
 @click.option("--steps", type=click.IntRange(min=1), help="Noise levels [default: solver's; dds/diffpir 20, ddnm 50, others 100]")
 @click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), help="Smallest noise level [default: 0.003]")
 @click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), help="Largest noise level [default: solver's; dds/diffpir 1, others 10]")

@@ -53,6 +53,24 @@ def parse_pad(ctx, param, value):
     return parts[0] if len(parts) == 1 else parts
 
 
+def patch_grid_options(sizes: str):
+    """The --pad, --psize and --stride options of a tool that samples with a patch prior; ``sizes``
+    says where the image sizes the grid is chosen from come from (e.g. "--size")."""
+    options = [
+        click.option("--pad", callback=parse_pad, help="Zero padding per side, pixels: P or 'rows,cols' "
+                     f"[default: chosen from {sizes}; 24 with --psize 56 for 256x256, the paper's]"),
+        click.option("--psize", type=click.IntRange(min=1), help=f"Patch size, pixels [default: chosen from {sizes} "
+                     "within the network's trained patch sizes, closest to the paper's 56/24 ratio]"),
+        click.option("--stride", type=click.IntRange(min=1), help="Patch stride of --prior average [default: psize//2]"),
+    ]
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
 def parse_window(ctx, param, value):
     """'-1000,2000' -> [-1000.0, 2000.0] (HU window: lower < upper)."""
     if value is None:
