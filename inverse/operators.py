@@ -22,15 +22,17 @@ is within odlstuff.geometry.ADJOINT_TOL of the forward projector's adjoint for t
 (and on CPU, and for fan beam) slice by slice through odlstuff.geometry.Projector.
 
 `make_operator(name, image_shape, channels, device, **options)` builds one from the registry
-`OPERATORS`; the options of an operator are its constructor's keyword arguments (strings such
-as "20" or "0,2.1" from a command line are accepted).
+`OPERATORS`; the options of an operator are the fields of its `Options` dataclass, passed to
+its constructor as keyword arguments after (image_shape, channels, device) (strings such as
+"20" or "0,2.1" from a command line are accepted).
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -99,7 +101,12 @@ def _check(x: torch.Tensor, channels: int, shape: tuple[int, ...], what: str) ->
 
 
 class Operator:
-    """Base class: subclasses set `measurement_shape` and implement `_A`, `_AT`, `_pinv`."""
+    """Base class: subclasses declare their options as an `Options` dataclass, build themselves
+    from it in `_build` (setting `measurement_shape`) and implement `_A`, `_AT`, `_pinv`."""
+
+    @dataclass(frozen=True)
+    class Options:
+        """No options."""
 
     name = "operator"
     # pinv(A x) is a (possibly regularised) orthogonal-projection-like inverse: I - pinv A has
@@ -117,6 +124,7 @@ class Operator:
         image_shape: tuple[int, int],  # (H, W) image size in pixels
         channels: int = 1,  # image channels C (1 grayscale, 3 RGB)
         device: str | torch.device = "cpu",  # where inputs, outputs and operator data live
+        **options,  # fields of the class's Options
     ):
         try:
             h, w = (int(s) for s in image_shape)
@@ -129,6 +137,10 @@ class Operator:
         self.device = torch.device(device)
         self.measurement_shape: tuple[int, ...] = self.image_shape
         self._norm: float | None = None
+        self._build(self.Options(**options))
+
+    def _build(self, o: Options) -> None:
+        """Set up the operator from its options (the base class has none)."""
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, image_shape={self.image_shape}, "
@@ -204,16 +216,30 @@ class _CT(Operator):
 
     stable_pinv = False  # FBP is no pseudo-inverse of a sparse-view A (see Operator.stable_pinv)
 
-    def _setup(self, geometry, domain, fbp_filter, fbp_freq, volume_geometry=None) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        """The options every CT operator has."""
+        views: int = 20  # projection angles (fan and cone beam: source positions)
+        det_count: int = geo.DET_COUNT  # detector pixels (cone beam: columns)
+        det_extent: float = geo.DET_EXTENT  # detector half width
+        domain: float = geo.DOMAIN  # image half width
+        fbp_filter: str = "Hann"  # FBP filter (cone beam: FDK filter)
+        fbp_freq: float = 0.9  # FBP frequency scaling (paper: 0.9)
+
+    @staticmethod
+    def _detector(o: Options) -> tuple[int, float]:
+        return _int_opt("det_count", o.det_count), _float_opt("det_extent", o.det_extent)
+
+    def _setup(self, geometry, o: Options, volume_geometry=None) -> None:
         """Projector for the 2D `geometry`; on CUDA with `volume_geometry` ((z_extent, n) -> 3D
         geometry whose rows are the slices) a :class:`geo.VolumeProjector` if its adjoint is exact
         enough, else the 2D one (module docstring)."""
-        domain = _float_opt("domain", domain)
+        domain = _float_opt("domain", o.domain)
         space = geo.image_space(self.image_shape, domain)
         plane = geo.Projector(
             space, geometry, impl=geo.astra_impl(self.device),
-            fbp_filter=_choice_opt("fbp_filter", fbp_filter, geo.FBP_FILTERS),
-            fbp_freq=_float_opt("fbp_freq", fbp_freq, high=1.0),
+            fbp_filter=_choice_opt("fbp_filter", o.fbp_filter, geo.FBP_FILTERS),
+            fbp_freq=_float_opt("fbp_freq", o.fbp_freq, high=1.0),
         )
         self.projector = plane
         if volume_geometry is not None and geo.astra_impl(self.device) == "astra_cuda":
@@ -248,23 +274,27 @@ class ParallelBeamCT(_CT):
 
     name = "ct_parbeam"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W)
-        channels: int = 1,  # image channels
-        device: str | torch.device = "cpu",  # astra_cuda on CUDA, astra_cpu otherwise
-        views: int = 20,  # projection angles
-        det_count: int = geo.DET_COUNT,  # detector pixels
-        det_extent: float = geo.DET_EXTENT,  # detector half width
-        domain: float = geo.DOMAIN,  # image half width
-        fbp_filter: str = "Hann",  # FBP filter
-        fbp_freq: float = 0.9,  # FBP frequency scaling (paper: 0.9)
-    ):
-        super().__init__(image_shape, channels, device)
-        args = (_int_opt("views", views), (0.0, math.pi))
-        det = (_int_opt("det_count", det_count), _float_opt("det_extent", det_extent))
-        self._setup(geo.parallel_geometry(*args, *det), domain, fbp_filter, fbp_freq,
+    def _angle_range(self, o: _CT.Options) -> tuple[float, float]:
+        return 0.0, math.pi
+
+    def _build(self, o: _CT.Options) -> None:
+        args = (_int_opt("views", o.views), self._angle_range(o))
+        det = self._detector(o)
+        self._setup(geo.parallel_geometry(*args, *det), o,
                     lambda z, n: geo.parallel3d_geometry(args[0], z, n, args[1], *det))
+
+
+class LimitedAngleCT(ParallelBeamCT):
+    """Limited-angle parallel-beam CT: `views` angles over the wedge `angle_range` (radians)."""
+
+    name = "ct_lact"
+
+    @dataclass(frozen=True)
+    class Options(_CT.Options):
+        angle_range: str | tuple[float, float] = geo.LACT_RANGE  # 'lo,hi' radians; the paper's (0, 2 pi / 3)
+
+    def _angle_range(self, o: Options) -> tuple[float, float]:
+        return _range_opt("angle_range", o.angle_range)
 
 
 FOV_TOL = 0.02  # image values above this outside the fan's field of view count as content
@@ -275,31 +305,23 @@ class FanBeamCT(_CT):
 
     name = "ct_fanbeam"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W)
-        channels: int = 1,  # image channels
-        device: str | torch.device = "cpu",  # astra_cuda on CUDA, astra_cpu otherwise
-        views: int = 20,  # source positions
-        det_count: int = geo.DET_COUNT,  # detector pixels
-        det_extent: float = geo.DET_EXTENT,  # detector half width
-        domain: float = geo.DOMAIN,  # image half width
-        src_radius: float = geo.SRC_RADIUS,  # source to rotation centre
-        det_radius: float = geo.DET_RADIUS,  # rotation centre to detector
-        fbp_filter: str = "Hann",  # FBP filter
-        fbp_freq: float = 0.3,  # FBP frequency scaling (paper: 0.3)
-    ):
-        super().__init__(image_shape, channels, device)
-        g = geo.fan_geometry(_int_opt("views", views), _float_opt("src_radius", src_radius),
-                             _float_opt("det_radius", det_radius), _int_opt("det_count", det_count),
-                             _float_opt("det_extent", det_extent))
-        self._setup(g, domain, fbp_filter, fbp_freq)
-        self.fov_radius = geo.fan_fov_radius(float(src_radius), float(det_radius), float(det_extent))
+    @dataclass(frozen=True)
+    class Options(_CT.Options):
+        src_radius: float = geo.SRC_RADIUS  # source to rotation centre
+        det_radius: float = geo.DET_RADIUS  # rotation centre to detector
+        fbp_freq: float = 0.3  # FBP frequency scaling (paper: 0.3)
+
+    def _build(self, o: Options) -> None:
+        views = _int_opt("views", o.views)
+        radii = (_float_opt("src_radius", o.src_radius), _float_opt("det_radius", o.det_radius))
+        det = self._detector(o)
+        self._setup(geo.fan_geometry(views, *radii, *det), o)
+        self.fov_radius = geo.fan_fov_radius(*radii, det[1])
         self._outside = geo.outside_disc(self.projector.ray.domain, self.fov_radius)
         self.square_det_extent = None
         half_diagonal = float(np.hypot(*self.projector.ray.domain.max_pt))
-        if half_diagonal < float(src_radius):
-            self.square_det_extent = geo.fan_det_extent_for(half_diagonal, float(src_radius), float(det_radius))
+        if half_diagonal < radii[0]:
+            self.square_det_extent = geo.fan_det_extent_for(half_diagonal, *radii)
 
     def fov_warning(self, x: np.ndarray, tol: float = FOV_TOL) -> str | None:
         """A one-line warning if the (C, H, W) image in [0, 1] has content (values above
@@ -314,31 +336,6 @@ class FanBeamCT(_CT):
         return (f"image content outside the fan beam's field of view (radius {self.fov_radius:.1f} of the image "
                 f"half width {half:g}; {int(self._outside.sum())} pixels there, max value {outside.max():.2f}): "
                 f"not seen from every view, so not reconstructed; {cover}")
-
-
-class LimitedAngleCT(_CT):
-    """Limited-angle parallel-beam CT: `views` angles over the wedge `angle_range` (radians)."""
-
-    name = "ct_lact"
-
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W)
-        channels: int = 1,  # image channels
-        device: str | torch.device = "cpu",  # astra_cuda on CUDA, astra_cpu otherwise
-        views: int = 20,  # projection angles inside the wedge
-        angle_range: str | tuple[float, float] = geo.LACT_RANGE,  # 'lo,hi' radians; the paper's (0, 2 pi / 3)
-        det_count: int = geo.DET_COUNT,  # detector pixels
-        det_extent: float = geo.DET_EXTENT,  # detector half width
-        domain: float = geo.DOMAIN,  # image half width
-        fbp_filter: str = "Hann",  # FBP filter
-        fbp_freq: float = 0.9,  # FBP frequency scaling
-    ):
-        super().__init__(image_shape, channels, device)
-        args = (_int_opt("views", views), _range_opt("angle_range", angle_range))
-        det = (_int_opt("det_count", det_count), _float_opt("det_extent", det_extent))
-        self._setup(geo.limited_angle_geometry(*args, *det), domain, fbp_filter, fbp_freq,
-                    lambda z, n: geo.parallel3d_geometry(args[0], z, n, args[1], *det))
 
 
 class ConeBeamCT(_CT):
@@ -356,39 +353,27 @@ class ConeBeamCT(_CT):
     name = "ct_cone"
     couples_batch = True
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W) of each slice
-        channels: int = 1,  # image channels (must be 1)
-        device: str | torch.device = "cpu",  # must be CUDA (ASTRA has no CPU cone beam)
-        views: int = 20,  # source positions over [0, 2 pi)
-        slices: int = 16,  # slices of the volume = batch size = detector rows
-        slice_spacing: float = 1.0,  # distance of slices, in pixel sides
-        det_count: int = geo.DET_COUNT,  # detector columns
-        det_extent: float = geo.DET_EXTENT,  # detector half width
-        det_height: float = 0.0,  # detector half height; 0: the volume's magnified height
-        domain: float = geo.DOMAIN,  # image half width
-        src_radius: float = geo.SRC_RADIUS,  # source to rotation axis
-        det_radius: float = geo.DET_RADIUS,  # rotation axis to detector
-        fbp_filter: str = "Hann",  # FDK filter
-        fbp_freq: float = 0.3,  # FDK frequency scaling (as fan beam)
-    ):
-        super().__init__(image_shape, channels, device)
+    @dataclass(frozen=True)
+    class Options(FanBeamCT.Options):
+        slices: int = 16  # slices of the volume = batch size = detector rows
+        slice_spacing: float = 1.0  # distance of slices, in pixel sides
+        det_height: float = 0.0  # detector half height; 0: the volume's magnified height
+
+    def _build(self, o: Options) -> None:
         if geo.astra_impl(self.device) != "astra_cuda":
             raise ValueError(f"{self.name}: cone beam needs ASTRA's CUDA projectors and device {self.device} "
                              "has none (ASTRA has no CPU cone-beam projector); use a CUDA device")
         if self.channels != 1:
             raise ValueError(f"{self.name}: volumes are single-channel, got channels={self.channels}")
-        n, spacing = _int_opt("slices", slices), _float_opt("slice_spacing", slice_spacing)
-        domain = _float_opt("domain", domain)
+        n, spacing = _int_opt("slices", o.slices), _float_opt("slice_spacing", o.slice_spacing)
+        domain = _float_opt("domain", o.domain)
         space = geo.volume_space(self.image_shape, n, domain, spacing)
-        radii = (_float_opt("src_radius", src_radius), _float_opt("det_radius", det_radius))
-        height = _float_opt("det_height", det_height, low_open=False)
+        radii = (_float_opt("src_radius", o.src_radius), _float_opt("det_radius", o.det_radius))
+        height = _float_opt("det_height", o.det_height, low_open=False)
         height = height or float(space.max_pt[2]) * (radii[0] + radii[1]) / radii[0]
-        geometry = geo.cone_geometry(_int_opt("views", views), *radii, _int_opt("det_count", det_count),
-                                     _float_opt("det_extent", det_extent), n, height)
-        fdk = geo.ConeFBP(space, geometry, _choice_opt("fbp_filter", fbp_filter, geo.FBP_FILTERS),
-                          _float_opt("fbp_freq", fbp_freq, high=1.0))
+        geometry = geo.cone_geometry(_int_opt("views", o.views), *radii, *self._detector(o), n, height)
+        fdk = geo.ConeFBP(space, geometry, _choice_opt("fbp_filter", o.fbp_filter, geo.FBP_FILTERS),
+                          _float_opt("fbp_freq", o.fbp_freq, high=1.0))
         self.projector = geo.VolumeProjector(self.image_shape, lambda z, rows: geometry,
                                              (geometry.angles.size, geometry.det_partition.shape[0]),
                                              self.device, fdk, domain=domain, slice_spacing=spacing, slices=n)
@@ -416,6 +401,11 @@ class _Blur(Operator):
     so A and AT are exact adjoints. `pinv` is the Tikhonov/Wiener inverse
     F^-1 conj(K) / (|K|^2 + pinv_eps) F.
     """
+
+    @dataclass(frozen=True)
+    class Options:
+        kernel_size: int = 9  # odd kernel width; paper uses 9 and 17
+        pinv_eps: float = 1e-3  # Tikhonov regularisation of the Wiener pseudo-inverse
 
     def _setup(self, kernel: np.ndarray, pinv_eps) -> None:
         self.pinv_eps = _float_opt("pinv_eps", pinv_eps)
@@ -459,17 +449,9 @@ class UniformDeblur(_Blur):
 
     name = "deblur_uniform"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W)
-        channels: int = 1,  # image channels (blurred independently)
-        device: str | torch.device = "cpu",  # device
-        kernel_size: int = 9,  # odd kernel width; paper uses 9 and 17
-        pinv_eps: float = 1e-3,  # Tikhonov regularisation of the Wiener pseudo-inverse
-    ):
-        super().__init__(image_shape, channels, device)
-        k = _odd_kernel_size(kernel_size)
-        self._setup(np.full((k, k), 1.0 / (k * k)), pinv_eps)
+    def _build(self, o: _Blur.Options) -> None:
+        k = _odd_kernel_size(o.kernel_size)
+        self._setup(np.full((k, k), 1.0 / (k * k)), o.pinv_eps)
 
 
 class GaussianDeblur(_Blur):
@@ -481,21 +463,16 @@ class GaussianDeblur(_Blur):
 
     name = "deblur_gauss"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W)
-        channels: int = 1,  # image channels (blurred independently)
-        device: str | torch.device = "cpu",  # device
-        kernel_size: int = 9,  # odd support width
-        kernel_sigma: float = 3.0,  # standard deviation in pixels
-        pinv_eps: float = 1e-3,  # Tikhonov regularisation of the Wiener pseudo-inverse
-    ):
-        super().__init__(image_shape, channels, device)
-        k = _odd_kernel_size(kernel_size)
-        s = _float_opt("kernel_sigma", kernel_sigma)
+    @dataclass(frozen=True)
+    class Options(_Blur.Options):
+        kernel_sigma: float = 3.0  # standard deviation in pixels
+
+    def _build(self, o: Options) -> None:
+        k = _odd_kernel_size(o.kernel_size)
+        s = _float_opt("kernel_sigma", o.kernel_sigma)
         r = np.arange(k) - k // 2
         g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * s * s))
-        self._setup(g / g.sum(), pinv_eps)
+        self._setup(g / g.sum(), o.pinv_eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,15 +488,12 @@ class SuperResolution(Operator):
 
     name = "super"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W), both divisible by factor
-        channels: int = 1,  # image channels
-        device: str | torch.device = "cpu",  # device
-        factor: int = 4,  # downsampling factor
-    ):
-        super().__init__(image_shape, channels, device)
-        self.factor = _int_opt("factor", factor)
+    @dataclass(frozen=True)
+    class Options:
+        factor: int = 4  # downsampling factor
+
+    def _build(self, o: Options) -> None:
+        self.factor = _int_opt("factor", o.factor)
         h, w = self.image_shape
         if h % self.factor or w % self.factor:
             raise ValueError(f"super: image_shape {self.image_shape} is not divisible by option 'factor' "
@@ -548,14 +522,6 @@ class Denoise(Operator):
 
     name = "denoise"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W)
-        channels: int = 1,  # image channels
-        device: str | torch.device = "cpu",  # device
-    ):
-        super().__init__(image_shape, channels, device)
-
     def _A(self, x):
         return x.clone()
 
@@ -576,27 +542,24 @@ class Inpaint(Operator):
 
     name = "inpaint"
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],  # (H, W)
-        channels: int = 1,  # image channels
-        device: str | torch.device = "cpu",  # device
-        mask: str = "box",  # 'box' or 'random'
-        mask_fraction: float = 0.25,  # fraction of pixels missing, in (0, 1)
-        mask_seed: int = 0,  # seed of the random mask
-    ):
-        super().__init__(image_shape, channels, device)
-        kind = _choice_opt("mask", mask, ("box", "random"))
-        frac = _float_opt("mask_fraction", mask_fraction, high=1.0)
+    @dataclass(frozen=True)
+    class Options:
+        mask: str = "box"  # 'box' or 'random'
+        mask_fraction: float = 0.25  # fraction of pixels missing, in (0, 1)
+        mask_seed: int = 0  # seed of the random mask
+
+    def _build(self, o: Options) -> None:
+        kind = _choice_opt("mask", o.mask, ("box", "random"))
+        frac = _float_opt("mask_fraction", o.mask_fraction, high=1.0)
         if frac >= 1.0:
-            raise ValueError(f"option 'mask_fraction' must be < 1, got {mask_fraction!r}")
+            raise ValueError(f"option 'mask_fraction' must be < 1, got {o.mask_fraction!r}")
         h, w = self.image_shape
         if kind == "box":
             bh, bw = round(h * math.sqrt(frac)), round(w * math.sqrt(frac))
             m = torch.ones(h, w)
             m[(h - bh) // 2:(h - bh) // 2 + bh, (w - bw) // 2:(w - bw) // 2 + bw] = 0.0
         else:
-            gen = torch.Generator().manual_seed(_int_opt("mask_seed", mask_seed, minimum=0))
+            gen = torch.Generator().manual_seed(_int_opt("mask_seed", o.mask_seed, minimum=0))
             m = (torch.rand(h, w, generator=gen) >= frac).float()
         self.mask = m[None, None].to(self.device)  # (1, 1, H, W), 1 = observed
 
@@ -633,15 +596,11 @@ VOLUME_OPERATORS = tuple(n for n, cls in OPERATORS.items() if cls.couples_batch)
 # The others: each batch item is an image of its own.
 IMAGE_OPERATORS = tuple(n for n in OPERATORS if n not in VOLUME_OPERATORS)
 
-_BASE_ARGS = ("self", "image_shape", "channels", "device")
-
-
 def operator_options(name: str) -> dict[str, object]:
-    """The options of operator `name` with their defaults."""
+    """The options of operator `name` with their defaults (the fields of its Options)."""
     if name not in OPERATORS:
         raise ValueError(f"unknown operator {name!r}; valid names: {', '.join(OPERATORS)}")
-    params = inspect.signature(OPERATORS[name].__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in _BASE_ARGS}
+    return {f.name: f.default for f in dataclasses.fields(OPERATORS[name].Options)}
 
 
 def make_operator(
