@@ -202,27 +202,6 @@ def test_paper_train_options_accepted(train_data, tmp_path, args, key, value):
                                            for a in args)
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--cond=1"], "--cond=1 (the paper's option): padis trains unconditional priors"),
-    (["--precond=vp"], "--precond=vp (the paper's option): padis implements EDM preconditioning only"),
-    (["--padding=0"], "--padding=0 (the paper's option): the paper's code marks training without padding"),
-    (["--augment=0.12"], "--augment=0.12 (the paper's option): padis has no augmentation pipeline"),
-    (["--ls=100"], "--ls=100.0 (the paper's option): loss scaling is automatic here"),
-    (["--cache=0"], "--cache=0 (the paper's option): padis always holds the training images in memory"),
-    (["--nosubdir"], "--nosubdir (the paper's option): padis writes every run into a new OUTDIR/NNNNN-DESC"),
-    (["--train_on_latents=1"], "--train_on_latents=1 (the paper's option): latent-space training"),
-    (["--progressive=1"], "--progressive=1 (the paper's option): progressive patch sizes are not implemented"),
-    (["--four_channels=2"], "--four_channels=2 (the paper's option): only the paper's 2 position channels"),
-    (["--hash_channels=3"], "--hash_channels=3 (the paper's option): only the paper's 2 position channels"),
-    (["--arch=adm"], "'adm': the paper's ADM (DhariwalUNet) is not implemented; use ddpmpp"),
-    (["--fp16=1", "--precision", "bf16"], "--fp16 (the paper's option) sets --precision to fp16, but --precision bf16"),
-])
-def test_paper_train_options_refused_in_one_line(train_data, tmp_path, args, words):
-    res = _train(["--data", train_data, "--outdir", tmp_path, *BASE, *args, "-n"], expect=2)
-    error = [line for line in res.output.splitlines() if line.startswith("Error")]
-    assert len(error) == 1 and words in error[0], res.output
-
-
 def test_train_help_keeps_our_names(train_data):
     text = _train(["--help"]).output
     assert "--real-p" in text and "--pad-width" in text and "--transfer" in text and "-n, --dry-run" in text
@@ -334,18 +313,38 @@ def test_paper_recon_options_accepted(assets, tmp_path, args, key, value):
     assert res.stderr.startswith("paper command (--image_dir")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--class=3"], "--class=3 (the paper's option): padis priors are unconditional"),
-    (["--rho=5"], "--rho=5.0 (the paper's option): padis' noise schedule is EDM's with rho 7"),
-    (["--disc=vp"], "--disc=vp (the paper's option): the paper's inverse_nodist.py hands it to its dps()"),
-    (["--schedule=ve"], "--schedule=ve (the paper's option): the paper's inverse_nodist.py hands it"),
-    (["--scaling=none"], "--scaling=none (the paper's option): the paper's inverse_nodist.py hands it"),
-    (["--solver=euler"], "'euler': the paper's --solver euler|heun is an ODE-solver ablation its dps never uses"),
-    (["--problem=ct_fanbeam"], "--name (the paper's option) sets --problem to denoise, but --problem ct_fanbeam"),
-    (["--noise=0.2", "--sigma=0.1"], "--sigma (the paper's option) sets --noise to 0.1, but --noise 0.2"),
+# The paper's options padis does not implement: each refused with one error line (exit code 2)
+# that names it, by train.py (tool "train", dry run) and inverse_nodist.py ("recon", dry run).
+@pytest.mark.parametrize("tool, args, words", [
+    ("train", ["--cond=1"], "--cond=1 (the paper's option): padis trains unconditional priors"),
+    ("train", ["--precond=vp"], "--precond=vp (the paper's option): padis implements EDM preconditioning only"),
+    ("train", ["--padding=0"], "--padding=0 (the paper's option): the paper's code marks training without padding"),
+    ("train", ["--augment=0.12"], "--augment=0.12 (the paper's option): padis has no augmentation pipeline"),
+    ("train", ["--ls=100"], "--ls=100.0 (the paper's option): loss scaling is automatic here"),
+    ("train", ["--cache=0"], "--cache=0 (the paper's option): padis always holds the training images in memory"),
+    ("train", ["--nosubdir"], "--nosubdir (the paper's option): padis writes every run into a new OUTDIR/NNNNN-DESC"),
+    ("train", ["--train_on_latents=1"], "--train_on_latents=1 (the paper's option): latent-space training"),
+    ("train", ["--progressive=1"], "--progressive=1 (the paper's option): progressive patch sizes are not implemented"),
+    ("train", ["--four_channels=2"], "--four_channels=2 (the paper's option): only the paper's 2 position channels"),
+    ("train", ["--hash_channels=3"], "--hash_channels=3 (the paper's option): only the paper's 2 position channels"),
+    ("train", ["--arch=adm"], "'adm': the paper's ADM (DhariwalUNet) is not implemented; use ddpmpp"),
+    ("train", ["--fp16=1", "--precision", "bf16"], "--fp16 (the paper's option) sets --precision to fp16, but --precision bf16"),
+    ("recon", ["--class=3"], "--class=3 (the paper's option): padis priors are unconditional"),
+    ("recon", ["--rho=5"], "--rho=5.0 (the paper's option): padis' noise schedule is EDM's with rho 7"),
+    ("recon", ["--disc=vp"], "--disc=vp (the paper's option): the paper's inverse_nodist.py hands it to its dps()"),
+    ("recon", ["--schedule=ve"], "--schedule=ve (the paper's option): the paper's inverse_nodist.py hands it"),
+    ("recon", ["--scaling=none"], "--scaling=none (the paper's option): the paper's inverse_nodist.py hands it"),
+    ("recon", ["--solver=euler"], "'euler': the paper's --solver euler|heun is an ODE-solver ablation its dps never uses"),
+    ("recon", ["--problem=ct_fanbeam"], "--name (the paper's option) sets --problem to denoise, but --problem ct_fanbeam"),
+    ("recon", ["--noise=0.2", "--sigma=0.1"], "--sigma (the paper's option) sets --noise to 0.1, but --noise 0.2"),
 ])
-def test_paper_recon_options_refused_in_one_line(assets, tmp_path, args, words):
-    res, _ = _recon(assets, tmp_path, "--image_dir=image_dir", "--name=denoise", *args, "--dry-run", expect=2)
+def test_paper_options_refused_in_one_line(request, tmp_path, tool, args, words):
+    if tool == "train":
+        res = _train(["--data", request.getfixturevalue("train_data"), "--outdir", tmp_path, *BASE, *args, "-n"],
+                     expect=2)
+    else:
+        res, _ = _recon(request.getfixturevalue("assets"), tmp_path, "--image_dir=image_dir", "--name=denoise",
+                        *args, "--dry-run", expect=2)
     error = [line for line in res.output.splitlines() if line.startswith("Error")]
     assert len(error) == 1 and words in error[0], res.output
 
