@@ -173,8 +173,8 @@ def main(**opts):
     from inverse.reconstruct import run
     summary = run_or_fail(run, cfg, debug)
     if summary["failures"]:
-        fail(f"{len(summary['failures'])} input(s) failed, the others were "
-                                   f"reconstructed; see {summary['run_dir']}/summary.json")
+        fail(f"{len(summary['failures'])} input(s) failed, the others were reconstructed; "
+             f"see {summary['run_dir']}/summary.json")
 
 
 if __name__ == "__main__":

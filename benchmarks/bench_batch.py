@@ -16,8 +16,8 @@ solver, not loading or writing), images/s, speed-up over K = 1, network calls pe
 PSNR (a check that batching changes the noise draws, not the quality) and the peak memory of the solve (CUDA: ``max_memory_allocated``; CPU: not measured, printed as
 -). A warm-up run (one image) goes first so that start-up costs (CUDA context, cuDNN
 autotuning, ASTRA set-up) are not charged to K = 1. Prints a table, writes JSON (``--out``).
-On 2 CPU cores batching gains little (the network is compute-bound at K = 1 already); the
-number that matters is the GPU one (``benchmarks/gpu_check.sh`` runs this).
+What it measured: notes/speed.md (section 3); batching is meant for GPUs
+(``benchmarks/gpu_check.sh`` runs this).
 """
 
 from __future__ import annotations

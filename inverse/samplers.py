@@ -340,8 +340,8 @@ def sample_dps(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
     prior part is the paper's x + (t²/4) score + t/√2 z.
 
     Why Landweber is the default: the original step on ||y - A D(x)|| has a fixed update norm
-    whatever the residual; measured here on 20-view CT that leaves the solver sampling the
-    prior almost unconditionally (19.3 dB, below FBP, notes/quality.md). A step in Landweber
+    whatever the residual; on 20-view CT that leaves the solver sampling the prior almost
+    unconditionally, below FBP (notes/quality.md). A step in Landweber
     units (``zeta`` as for langevin/pc) shrinks with the residual and is scale-free."""
     name = "dps"
     _check_inner(inner, name)
@@ -445,8 +445,8 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
     x0 = x0_hat + A⁺(y - A x0_hat) (range from y, null space from the prior), then renoise
     to the next level (``renoise``, DDIM-like with ``eta``). A⁺ is ``op.pinv`` where that is
     a (regularised) pseudo-inverse (masking, super-resolution, Wiener deblurring); for CT,
-    whose pinv is FBP, iterating the FBP correction diverges at low noise levels (measured:
-    PSNR 27.7 dB at sigma 0.12, 5 dB at the end on 20-view CT), so A⁺r is taken as the
+    whose pinv is FBP, iterating the FBP correction diverges at low noise levels (20-view CT:
+    notes/quality.md), so A⁺r is taken as the
     min-norm least-squares solution of A d = r by ``cg_iters`` CG iterations on AᵀA d = Aᵀr
     from d = 0.
 
@@ -457,7 +457,7 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
     sqrt(sigma_next² - (lambda sigma_c)²): the image's total noise stays sigma_next, and at levels
     below sigma_c the prior, not the noisy correction, has the last word (no correction on the
     last step). One sigma_c for the batch (``noise_level``). ``noise_std`` 0 or None: plain
-    DDNM, as before. Prior calls: len(sigmas)."""
+    DDNM. Prior calls: len(sigmas)."""
     name = "ddnm"
     levels = _levels(sigmas, name)
     x = _start(op, y, levels[0], generator, x_init, init, name)

@@ -95,7 +95,7 @@ class Conv2d(torch.nn.Module):
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
         # The bias goes into the last convolution with weights (oneDNN adds it in the same
-        # pass; a separate out-of-place add cost ~5 % of the paper-size call on CPU, notes/speed.md).
+        # pass instead of a separate out-of-place add; notes/speed.md).
         if self.fused_resample and self.up and w is not None:
             x = F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels,
                                    stride=2, padding=max(f_pad - w_pad, 0))
