@@ -44,7 +44,7 @@ from inverse.samplers import SAMPLERS
 @click.option("--input", "input_", type=click.Path(exists=True), help="Ground-truth image file or directory")
 @click.option("--measurements", type=click.Path(exists=True), help="A .npy measurement file or directory (no ground truth)")
 @click.option("--problem", type=click.Choice(sorted(OPERATORS)), help="Forward model  [required]")
-@click.option("--solver", default="dds", type=HintChoice(sorted(SAMPLERS), **SOLVER_HINTS), help="Inverse solver")
+@click.option("--solver", default="diffpir", type=HintChoice(sorted(SAMPLERS), **SOLVER_HINTS), help="Inverse solver")
 @click.option("--prior", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser [default: "
               "patch; whole for a checkpoint trained on whole images]")
 @click.option("--baseline", "baselines", default="fbp,tv", callback=parse_baselines, help="Comma list or 'none'; fbp is the pseudo-inverse ('pinv', its name outside CT)")
@@ -91,8 +91,8 @@ from inverse.samplers import SAMPLERS
                    "grad ||y-A D(x)|| started from clamp(pinv(y)) [default: landweber]")
 @click.option("--predictor", type=click.Choice(["sde", "ode"]), help="pc predictor [default: sde]")
 @click.option("--eta", type=float, help="ddnm/dds renoise: 1 fresh noise, 0 deterministic [default: ddnm 0.85, dds 1]")
-@click.option("--lam", type=float, help="dds prior weight relative to ||A||^2 [default: 0.01; 0.1 for deblurring]; "
-              "diffpir: rho = lam * noise_std^2 / sigma^2 [default: 0.3]")
+@click.option("--lam", type=float, help="diffpir: data weight rho = lam * noise_std^2 / sigma^2 [default: 0.3]; "
+              "dds: prior weight relative to ||A||^2 [default: 0.01; 0.1 for deblurring]")
 @click.option("--cg-iters", type=click.IntRange(min=0), help="dds/diffpir conjugate-gradient iterations per level [default: 5]; ddnm: CG correction")
 @click.option("--init", type=click.Choice(["pinv", "noise"]), help="Solver start [default: pinv]")
 @click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")

@@ -10,7 +10,7 @@ limited angle 120 degrees, 9x9 uniform deblurring, 4x super-resolution) and ever
 overlapping-patch averaging) this runs ``inverse.reconstruct.run`` -- the same code path as
 ``inverse_nodist.py``, so every cell can be reproduced from its ``config.json`` -- on the
 held-out test slices (``--exclude`` skips some; the tuning slices live in datasets/ct_head/tune: TV weights and
-the dds ``lam`` were chosen on it). Each image's measurement noise is seeded by its index, so
+the solvers' ``lam`` were chosen on it). Each image's measurement noise is seeded by its index, so
 all methods of a problem see the same measurements.
 
 Output, in a new directory ``OUTDIR/NNNNN-quality/`` (or ``--run-dir``, to add cells to or
@@ -21,8 +21,8 @@ cell's summary in ``cells/PROBLEM__METHOD.json``, and from all cells ``quality.j
 the default marked). ``--report DIR`` only rebuilds the table and plot.
 
 Cost: the paper-setting solvers (``dps``, ``dps_x0``, ``langevin``: 100 levels x 10 inner
-iterations, ~1000 network calls per image) and the K-sample means (``dds_k2``, ``dds_k4``: K
-times the patches per call) run on ``--expensive-slices`` slices of CT 20
+iterations, ~1000 network calls per image) and the K-sample means (``diffpir_k2/4/8``, ``dds_k2/4``: K
+times the patches per call) and the 30- and 50-level settings run on ``--expensive-slices`` slices of CT 20
 views only, unless ``--expensive-problems`` says otherwise; everything else runs on
 ``--slices`` slices. ``--smoke`` (the test suite's version) caps steps, inner iterations and
 TV iterations so a tiny network finishes in seconds.
@@ -50,29 +50,36 @@ from torch_utils import misc  # noqa: E402
 # demo's cases plus 8-view CT; TV weights tuned on tuning slice 055 (benchmarks/tune_tv.py --set quality).
 PROBLEMS = {
     "ct_parbeam_20": CASES["ct_parbeam_20"],
-    "ct_parbeam_8": Case("ct_parbeam", EVAL_SLICES, dict(views=8), 0.005, 2e-4, 0.01),
+    "ct_parbeam_8": Case("ct_parbeam", EVAL_SLICES, dict(views=8), 0.005, 2e-4, 0.3, 0.01),
     **{k: CASES[k] for k in ("ct_fanbeam_40", "ct_lact_120deg", "deblur_uniform_9", "super_x4")},
 }
 
 TV_ITERS = 3000  # maximum PDHG iterations; the objective tolerance (inverse.baselines.TV_TOL) stops earlier
 PAPER = dict(pad=24, psize=56)
 
-# method -> how it runs. 'baselines' rows come from the dds cell's run (the same measurements).
+# method -> how it runs. 'baselines' rows come from the default method's cell (the same measurements).
 # Everything else: prior, solver, schedule and solver options; 'tier' 'expensive' = ~1000 calls.
 METHODS = {
     "fbp": dict(label="FBP / pinv", baseline=True, settings="filtered backprojection / pseudo-inverse"),
     "tv": dict(label="TV (PDHG)", baseline=True,
                settings=f"PDHG to objective tolerance {TV_TOL:g} (max {TV_ITERS}), weight tuned on slice 055"),
-    "dds": dict(label="PaDIS dds (default)", prior="patch", solver="dds", steps=20, sigma_max=1.0,
+    "diffpir": dict(label="PaDIS DiffPIR (default)", prior="patch", solver="diffpir", steps=20, sigma_max=1.0,
+                    kwargs=dict(cg_iters=5, zeta=1.0), settings="20 levels, sigma_max 1, 5 CG, zeta 1, lam per problem"),
+    **{f"diffpir_k{k}": dict(label=f"PaDIS DiffPIR, mean of {k}", prior="patch", solver="diffpir", steps=20,
+                             sigma_max=1.0, kwargs=dict(cg_iters=5, zeta=1.0), samples=k,
+                             settings=f"as diffpir, mean of K = {k} samples", tier="expensive") for k in (2, 4, 8)},
+    **{f"diffpir{n}": dict(label=f"PaDIS DiffPIR {n}", prior="patch", solver="diffpir", steps=n, sigma_max=1.0,
+                           kwargs=dict(cg_iters=5, zeta=1.0), settings=f"{n} levels, sigma_max 1, 5 CG, zeta 1",
+                           tier="expensive") for n in (30, 50)},
+    "dds": dict(label="PaDIS dds", prior="patch", solver="dds", steps=20, sigma_max=1.0,
                 kwargs=dict(cg_iters=5, eta=1.0), settings="20 levels, sigma_max 1, 5 CG, lam per problem"),
     "dds_k2": dict(label="PaDIS dds, mean of 2", prior="patch", solver="dds", steps=20, sigma_max=1.0,
                    kwargs=dict(cg_iters=5, eta=1.0), samples=2, settings="as dds, mean of K = 2 samples", tier="expensive"),
     "dds_k4": dict(label="PaDIS dds, mean of 4", prior="patch", solver="dds", steps=20, sigma_max=1.0,
                    kwargs=dict(cg_iters=5, eta=1.0), samples=4, settings="as dds, mean of K = 4 samples", tier="expensive"),
-    "diffpir": dict(label="PaDIS DiffPIR", prior="patch", solver="diffpir", steps=20, sigma_max=1.0,
-                    kwargs=dict(cg_iters=5), settings="20 levels, sigma_max 1, 5 CG, solver's lam/zeta"),
-    "dds30": dict(label="PaDIS dds 30", prior="patch", solver="dds", steps=30, sigma_max=1.0,
-                  kwargs=dict(cg_iters=5, eta=1.0), settings="30 levels, sigma_max 1, 5 CG"),
+    **{f"dds{n}": dict(label=f"PaDIS dds {n}", prior="patch", solver="dds", steps=n, sigma_max=1.0,
+                       kwargs=dict(cg_iters=5, eta=1.0), settings=f"{n} levels, sigma_max 1, 5 CG",
+                       tier="expensive") for n in (30, 50)},
     "ddnm": dict(label="PaDIS DDNM", prior="patch", solver="ddnm", steps=100, sigma_max=10.0, kwargs={},
                  settings="100 levels, eta 0.85"),
     "pc": dict(label="PaDIS PC", prior="patch", solver="pc", steps=100, sigma_max=10.0, kwargs={},
@@ -89,13 +96,13 @@ METHODS = {
                     kwargs=dict(inner=1, dc_grad="full"), settings="100 levels x 1, gradient through the net"),
     "dps_x0_100": dict(label="PaDIS DPS x0 100 x 1", prior="patch", solver="dps", steps=100, sigma_max=10.0,
                        kwargs=dict(inner=1, dc_grad="x0"), settings="100 levels x 1, gradient at D(x)"),
-    "whole": dict(label="whole-image diffusion", prior="whole", solver="dds", steps=20, sigma_max=1.0,
-                  kwargs=dict(cg_iters=5, eta=1.0), settings="whole-image network, dds as default",
+    "whole": dict(label="whole-image diffusion", prior="whole", solver="diffpir", steps=20, sigma_max=1.0,
+                  kwargs=dict(cg_iters=5, zeta=1.0), settings="whole-image network, the default solver",
                   network="whole"),
-    "average": dict(label="patch averaging", prior="average", solver="dds", steps=20, sigma_max=1.0,
-                    kwargs=dict(cg_iters=5, eta=1.0), settings="56-px patches, stride 28, averaged; dds"),
+    "average": dict(label="patch averaging", prior="average", solver="diffpir", steps=20, sigma_max=1.0,
+                    kwargs=dict(cg_iters=5, zeta=1.0), settings="56-px patches, stride 28, averaged; the default solver"),
 }
-DEFAULT_METHOD = "dds"
+DEFAULT_METHOD = "diffpir"
 PLOT_PROBLEM = "ct_parbeam_20"
 
 
@@ -117,8 +124,8 @@ def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir:
     case = PROBLEMS[problem]
     m = METHODS[method]
     kwargs = dict(m["kwargs"])
-    if m["solver"] == "dds":
-        kwargs["lam"] = case.lam
+    if m["solver"] in ("dds", "diffpir"):
+        kwargs["lam"] = case.dds_lam if m["solver"] == "dds" else case.lam
     steps = m["steps"] if caps.get("steps") is None else min(m["steps"], caps["steps"])
     if "inner" in kwargs and caps.get("inner") is not None:
         kwargs["inner"] = min(kwargs["inner"], caps["inner"])
@@ -157,7 +164,7 @@ def cell_record(problem: str, method: str, summary: dict, source: str = "padis")
 
 def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list[Path], device: str,
              seed: int, caps: dict) -> list[dict]:
-    """Run one cell (the dds cell also yields the FBP and TV rows); write cells/*.json atomically."""
+    """Run one cell (the default method's cell also yields the FBP and TV rows); write cells/*.json atomically."""
     from inverse.baselines import method_label
     from inverse.reconstruct import run
     inputs = stage_images(files, bench / "inputs" / f"n{len(files)}")
@@ -329,7 +336,7 @@ def _names(text: str | None, allowed: dict, option: str) -> list[str]:
 @click.option("--psize", default=PAPER["psize"], show_default=True, type=click.IntRange(min=1),
               help="Patch size of the stitched prior (and of patch averaging).")
 @click.option("--parallel-baselines", is_flag=True,
-              help="TV/FBP in a thread beside the dds solve (same numbers; seconds are then shared wall times).")
+              help="TV/FBP in a thread beside the default solve (same numbers; seconds are then shared wall times).")
 @click.option("--smoke", is_flag=True, help="Caps: 2 levels, 1 inner iteration, 3 TV iterations (tests).")
 def main(network, whole_network, images, exclude, slices, expensive_slices, expensive_problems, problems,
          methods, outdir, run_dir, report_only, device, threads, seed, pad, psize, parallel_baselines, smoke):

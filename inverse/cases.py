@@ -1,11 +1,10 @@
 """The shipped evaluation cases: held-out CT head slices and the problems the demo and the
 benchmarks run on them (tuned settings), and copying the inputs into a run's folder.
 
-``CASES`` maps a case name to a :class:`Case`. TV weights and dds ``lam`` are chosen on the
-tuning slices (``TUNE_DIR``, a slab of their own that is never evaluated; benchmarks/tune_tv.py,
-benchmarks/tune_solver.py). TV weights: tuning slice 055, PDHG to its objective tolerance
-(notes/quality.md); 20-view CT ``lam`` 0.003 on slice 055 with a snapshot (~20 kimg) of the
-slab-split prior; the other ``lam`` are from the earlier split, not re-tuned. The test slices (``HELD_OUT``) are two contiguous slabs with gaps
+``CASES`` maps a case name to a :class:`Case`. TV weights and the solvers' ``lam`` are chosen
+on the tuning slices (``TUNE_DIR``, a slab of their own that is never evaluated;
+benchmarks/tune_tv.py, benchmarks/tune_solver.py; notes/quality.md and notes/solvers.md say
+which values were compared). The test slices (``HELD_OUT``) are two contiguous slabs with gaps
 to every training slice (datasets/ct_head/README.md).
 """
 
@@ -34,16 +33,17 @@ class Case(NamedTuple):
     options: dict  # operator options (ReconConfig.problem_kwargs)
     noise: float  # measurement noise level (ReconConfig.noise)
     tv_weight: float  # TV baseline weight, tuned on the tuning slices
-    lam: float  # dds prior weight, tuned on the tuning slices
+    lam: float  # prior weight of the default solver (diffpir), tuned on the tuning slices
+    dds_lam: float  # the dds solver's prior weight (relative to ||A||²), tuned on the tuning slices
 
 
 CASES = {
-    "ct_parbeam_20": Case("ct_parbeam", EVAL_SLICES, dict(views=20), 0.005, 3e-4, 0.003),
-    "ct_fanbeam_40": Case("ct_fanbeam", ONE_SLICE, dict(views=40), 0.005, 3e-4, 0.01),
+    "ct_parbeam_20": Case("ct_parbeam", EVAL_SLICES, dict(views=20), 0.005, 3e-4, 0.3, 0.003),
+    "ct_fanbeam_40": Case("ct_fanbeam", ONE_SLICE, dict(views=40), 0.005, 3e-4, 0.3, 0.01),
     # angle_range: odlstuff.geometry.LACT_RANGE rounded, the wedge the published demo numbers used.
-    "ct_lact_120deg": Case("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, 3e-4, 0.003),
-    "deblur_uniform_9": Case("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, 1e-3, 0.1),
-    "super_x4": Case("super", ONE_SLICE, dict(factor=4), 0.01, 1e-2, 0.01),
+    "ct_lact_120deg": Case("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, 3e-4, 0.3, 0.003),
+    "deblur_uniform_9": Case("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, 1e-3, 0.3, 0.1),
+    "super_x4": Case("super", ONE_SLICE, dict(factor=4), 0.01, 1e-2, 0.3, 0.01),
 }
 
 

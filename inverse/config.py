@@ -64,7 +64,7 @@ class ReconConfig:
     z_coupling: float = 0.0  # weight of ||slice differences||² in the data step (0: slices independent)
 
     # The solver (inverse.samplers)
-    solver: str = "dds"  # key of inverse.samplers.SAMPLERS
+    solver: str = "diffpir"  # key of inverse.samplers.SAMPLERS
     solver_kwargs: dict = field(default_factory=dict)  # its options (None values: its defaults)
     steps: int | None = None  # noise levels (None: SCHEDULE_DEFAULTS[solver])
     sigma_min: float | None = None  # smallest noise level (None: SCHEDULE_DEFAULTS[solver])

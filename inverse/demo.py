@@ -2,16 +2,16 @@
 
     python -m inverse.demo [--network checkpoints/ct_head_small.safetensors] [--outdir out]
 
-Runs ``inverse.reconstruct.run`` once per case below (20-view CT on the 10 held-out slices
-other than the tuning slice 004) into one new directory
+Runs ``inverse.reconstruct.run`` once per case below (20-view CT on every second slice of the
+test slabs, the other problems on one test slice) into one new directory
 ``OUTDIR/NNNNN-demo/`` (each case gets its own sub-run with metrics.csv, summary.json and
 comparison.png), then prints one table (FBP/pinv, TV, PaDIS: PSNR, SSIM, seconds per image)
 and writes it as ``demo.md`` and ``demo.json`` beside the runs.
 
-Settings are the CPU-budget ones (the ``dds`` solver, 20 noise levels, see ``DEMO_SOLVER``),
+Settings are the CLI's defaults (the ``diffpir`` solver, 20 noise levels, see ``DEMO_SOLVER``),
 not the paper's DPS with 100 levels x 10 inner iterations (~1000 network calls per image);
-README.md says what that costs. TV weights were chosen on held-out slice 004 with
-``benchmarks/tune_tv.py``; TV runs ``TV_ITERS`` PDHG iterations, in a thread beside the PaDIS
+README.md says what that costs. TV weights were chosen on the tuning slices with
+``benchmarks/tune_tv.py``; TV runs at most ``TV_ITERS`` PDHG iterations, in a thread beside the PaDIS
 solve (``parallel_baselines``: faster on CPU, the same results), so the table's seconds are
 wall times while the two share the CPU. The cases and their tuned settings: inverse.cases.
 """
@@ -28,10 +28,11 @@ from inverse.cases import CASES, EVAL_SLICES, stage_eval_slices
 from inverse.config import ReconConfig
 from torch_utils import misc
 
-# The solver settings of the demo (and of the CLI default): x0-space DDS, 20 levels from
-# pinv(y) + noise at sigma_max, CG data consistency, no backpropagation through the network.
-DEMO_SOLVER = dict(solver="dds", steps=20, sigma_min=0.003, sigma_max=1.0,
-                   solver_kwargs=dict(cg_iters=5, eta=1.0, init="pinv"))
+# The solver settings of the demo (those of the CLI default): DiffPIR-style, 20 levels from
+# pinv(y) + noise at sigma_max, a CG data-proximal step whose weight grows as the noise level
+# falls, fresh noise between levels, no backpropagation through the network.
+DEMO_SOLVER = dict(solver="diffpir", steps=20, sigma_min=0.003, sigma_max=1.0,
+                   solver_kwargs=dict(cg_iters=5, zeta=1.0, init="pinv"))
 TV_ITERS = 500
 
 

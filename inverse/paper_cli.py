@@ -300,4 +300,4 @@ def recon_summary(cfg: dict, used: list[str], notes: list[str]) -> str:
              else f"measurement noise level {cfg['noise']:g} (--noise)")
     return (f"paper command ({', '.join(used)}): {solver}, {sched['steps']} levels {sched['sigma_max']:g} -> "
             f"{sched['sigma_min']:g}, {noise}; " + "".join(n + "; " for n in notes)
-            + "padis' own default is --solver dds (README: From the paper's code)")
+            + "padis' own default is --solver diffpir (README: From the paper's code)")

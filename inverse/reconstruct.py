@@ -573,7 +573,15 @@ def measurement_noise_std(op, y: torch.Tensor, cfg: ReconConfig) -> float:
         return 0.0
     if cfg.noise_absolute:
         return float(cfg.noise)
-    return float(torch.as_tensor(op.noise_std(y, cfg.noise)).reshape(-1)[0])
+    std = torch.as_tensor(op.noise_std(y, cfg.noise)).detach().float()
+    return float(std.pow(2).mean().sqrt())  # one image: its std; a slab of slices: their rms
+
+
+def with_noise_std(sampler, options: dict, noise_std: float) -> dict:
+    """``options`` plus ``noise_std`` for a solver that takes it (DiffPIR, DDNM+), unless set."""
+    if "noise_std" in inspect.signature(sampler).parameters and "noise_std" not in options:
+        return dict(options, noise_std=noise_std)
+    return dict(options)
 
 
 def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tuple[torch.Tensor, float] | None:
@@ -587,9 +595,8 @@ def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tup
     if k > 1:
         y = y.repeat_interleave(k, dim=0)
     label = group[0].name if len(group) == 1 else f"{group[0].name} +{len(group) - 1}"
-    options = dict(setup.solver_kwargs)
-    if "noise_std" in inspect.signature(setup.sampler).parameters and "noise_std" not in options:
-        options["noise_std"] = float(np.sqrt(np.mean([p.noise_std ** 2 for p in prepared])))
+    options = with_noise_std(setup.sampler, setup.solver_kwargs,
+                             float(np.sqrt(np.mean([p.noise_std ** 2 for p in prepared]))))
     bar = tqdm(total=len(setup.sigmas), desc=label, unit="step", leave=False, disable=not setup.verbose,
                position=1)
     setup.prior.reset_calls()

@@ -11,7 +11,7 @@ volume of its own (its detector rows see that slab only).
 ``z_coupling`` w > 0 couples the slices of a slab in the data-consistency step: the solver sees
 the stacked operator ``[A; sqrt(w) ||A|| D_z]`` with ``D_z`` the difference of adjacent slices
 and measurement ``[y; 0]`` (:class:`SliceCoupled`), i.e. it minimises
-``||A x - y||² + w ||A||² ||D_z x||²`` where it fits the data (dds: in its CG step, solved jointly
+``||A x - y||² + w ||A||² ||D_z x||²`` where it fits the data (dds/diffpir: in their CG step, solved jointly
 over the slab). Slabs are solved independently (no coupling across slab borders).
 
 Randomness: slab ``[z0, z1)`` of the volume whose first slice has global index ``i0`` (slices of
@@ -185,13 +185,14 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
     """Measure and reconstruct one slab (n, H, W) in [0, 1]: ({method: (n, H, W)}, measurement,
     {method: seconds}, denoiser calls)."""
     from inverse.baselines import BASELINES
-    from inverse.reconstruct import accepted_kwargs, tv_options
+    from inverse.reconstruct import accepted_kwargs, measurement_noise_std, tv_options, with_noise_std
 
     cfg, device = ctx.cfg, ctx.device
     op = ctx.operator(tuple(gt.shape[1:]), len(gt))
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         y = op.A(torch.from_numpy(gt)[:, None].to(device))
+        options = with_noise_std(ctx.sampler, ctx.solver_kwargs, measurement_noise_std(op, y, cfg))
         if cfg.noise:
             y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
     results, secs = {}, {}
@@ -206,7 +207,7 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
         solve_y = solve_op.extend(y)
     ctx.prior.reset_calls()
     xr, secs[PADIS] = misc.timed(lambda: ctx.sampler(ctx.prior, solve_op, solve_y, ctx.sigmas, gen, callback=progress,
-                                                 **ctx.solver_kwargs), device)
+                                                 **options), device)
     results[PADIS] = xr[:, 0].float().cpu().numpy()
     return results, y[:, 0].float().cpu().numpy(), secs, ctx.prior.calls
 

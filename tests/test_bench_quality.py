@@ -69,7 +69,7 @@ def test_smoke_all_methods(setup):
     assert res.exit_code == 0, res.output
     assert {p: p.stat().st_mtime_ns for p in before} == before
     cells = {(c["problem"], c["method"]) for c in bq.load_cells(bench)}
-    assert {("deblur_uniform_9", m) for m in ("fbp", "tv", "dds")} <= cells
+    assert {("deblur_uniform_9", m) for m in ("fbp", "tv", "diffpir")} <= cells
     assert ("deblur_uniform_9", "dps") not in cells
     md = (bench / "quality.md").read_text()
     assert md.count("| ct_parbeam_20 |") == len(bq.METHODS) and md.count("| deblur_uniform_9 |") == 3
@@ -79,14 +79,16 @@ def test_smoke_all_methods(setup):
 
 
 def test_same_measurements_across_methods(setup):
-    """FBP of the dds cell and the stand-alone config share seeds: the configs differ only in
-    the method's own keys."""
+    """FBP of the default (diffpir) cell and the stand-alone config share seeds: the configs
+    differ only in the method's own keys; each solver gets its own tuned lam."""
     root, patch, whole, images = setup
     nets = dict(patch=str(patch), whole=str(whole))
-    a = bq.cell_config("ct_parbeam_8", "dds", nets, images, root, "cpu", 0, {})
+    a = bq.cell_config("ct_parbeam_8", "diffpir", nets, images, root, "cpu", 0, {})
     b = bq.cell_config("ct_parbeam_8", "dps", nets, images, root, "cpu", 0, {})
-    assert a.baselines == ["fbp", "tv"] and b.baselines == []
+    c = bq.cell_config("ct_parbeam_8", "dds", nets, images, root, "cpu", 0, {})
+    assert a.baselines == ["fbp", "tv"] and b.baselines == [] == c.baselines
     assert a.tv_iters == bq.TV_ITERS and a.solver_kwargs["lam"] == bq.PROBLEMS["ct_parbeam_8"].lam
+    assert c.solver_kwargs["lam"] == bq.PROBLEMS["ct_parbeam_8"].dds_lam != a.solver_kwargs["lam"]
     same = ("input", "problem", "problem_kwargs", "noise", "seed", "pad", "psize")
     assert all(getattr(a, k) == getattr(b, k) for k in same) and b.solver_kwargs == dict(inner=10, dc_grad="full")
 

@@ -35,7 +35,7 @@ def test_from_dict_rejects_unknown_keys_and_lists_the_valid_ones():
 
 def test_defaults_round_trip_and_resolution():
     cfg = ReconConfig(network="n.safetensors", problem="ct_parbeam")
-    assert cfg.baselines == ["fbp", "tv"] and cfg.solver == "dds" and cfg.noise is None
+    assert cfg.baselines == ["fbp", "tv"] and cfg.solver == "diffpir" and cfg.noise is None
     assert ReconConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     r = cfg.replace(device="cpu").resolved()
     assert (r.noise, r.steps, r.sigma_min, r.sigma_max) == (0.005, 20, 0.003, 1.0)

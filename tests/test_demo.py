@@ -17,7 +17,7 @@ def test_ct_case_uses_held_out_slices_only(tmp_path: Path):
     tune = sorted(p.stem for p in cases.TUNE_DIR.glob("slice_*.png"))
     assert tune and not set(tune) & set(held_out)
     assert staged == held_out[::2] and len(staged) == 10
-    assert cfg.solver == "dds" and cfg.solver_kwargs["lam"] == cases.CASES["ct_parbeam_20"].lam
+    assert cfg.solver == "diffpir" and cfg.solver_kwargs["lam"] == cases.CASES["ct_parbeam_20"].lam
 
 
 def test_demo_one_case_end_to_end(tmp_path: Path):

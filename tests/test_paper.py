@@ -274,7 +274,7 @@ def test_readme_recon_command_verbatim(assets, tmp_path):
     assert res.stderr == ("paper command (--image_dir, --name): solver dps with the paper's step (x -= 0.3 * grad "
                           "||y - A D(x)||, then (t^2/4) score + t/sqrt2 z; start clamp(pinv(y)); 10 inner "
                           "iterations), 100 levels 10 -> 0.003, measurement noise std 0 (absolute, --sigma); "
-                          "padis' own default is --solver dds (README: From the paper's code)\n")
+                          "padis' own default is --solver diffpir (README: From the paper's code)\n")
 
 
 @pytest.mark.slow

@@ -200,7 +200,7 @@ def test_dry_run_prints_config(assets, tmp_path):
     res = recon(assets, tmp_path, "--problem", "ct_lact", "--views", "10", "--dry-run")
     assert res.exit_code == 0, res.output
     cfg = json.loads(res.output)
-    assert cfg["problem_kwargs"] == {"views": 10} and cfg["solver"] == "dds" and cfg["noise"] == 0.005
+    assert cfg["problem_kwargs"] == {"views": 10} and cfg["solver"] == "diffpir" and cfg["noise"] == 0.005
     assert not any(tmp_path.iterdir())
 
 

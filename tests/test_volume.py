@@ -67,7 +67,7 @@ def test_cli_reconstructs_64_slice_volume_in_one_slab(tiny_net, tmp_path):
                   "--steps", "2", "--baseline", "fbp", "--seed", "1"])
     assert res.exit_code == 0, res.output
     run_dir = only_run_dir(out)
-    assert run_dir.name == "00000-ct_parbeam-dds-volume"
+    assert run_dir.name == "00000-ct_parbeam-diffpir-volume"
     recon = np.load(run_dir / "head_recon.npy")
     fbp = np.load(run_dir / "head_fbp.npy")
     meas = np.load(run_dir / "head_measurement.npy")
