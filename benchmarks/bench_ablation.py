@@ -7,7 +7,7 @@ efficiency (10 vs all training slices, patch vs whole-image), all on 20-view par
         --model "whole, 89 slices=runs/ablation/00001-whole/network-snapshot-000400.safetensors@whole" ...
 
 Every row reconstructs the same held-out test slices from the same
-measurements with the default solver of ``bench_quality.py`` (dds, 20 levels; ``--method`` to
+measurements with the default solver of ``bench_quality.py`` (DiffPIR, 20 levels; ``--method`` to
 change it) through ``inverse.reconstruct.run``. ``--psizes`` (``PSIZE:PAD`` pairs, one row each)
 sweeps the patch size of the stitched prior for ``--network``; each ``--model
 "LABEL=PATH[@whole]"`` adds one row for another network (``@whole``: the whole-image prior),
