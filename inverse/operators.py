@@ -113,7 +113,7 @@ class Operator:
     # eigenvalues in [0, 1], so iterating x <- x + pinv(y - A x) (DDNM) is stable. False for CT,
     # where pinv is FBP: iterating its correction diverges at low noise levels. Stable is not
     # noise-safe: with noisy y each correction re-injects pinv's amplified noise (measured for
-    # Wiener deblurring in notes/quality.md; a DDNM+ noise model is not implemented).
+    # Wiener deblurring in notes/quality.md; sample_ddnm's DDNM+ mode scales the correction for it).
     stable_pinv = True
     couples_batch = False  # True: the batch is one volume's slices and A mixes them (module docstring)
     norm_batch = 1  # batch size of the power iteration's input (couples_batch: the volume's slices)
