@@ -2,7 +2,7 @@
 
     python -m inverse.demo [--network checkpoints/ct_head_small.safetensors] [--outdir out]
 
-Runs ``inverse.reconstruct.run`` once per case below (20-view CT on every second slice of the
+Runs ``inverse.reconstruct.run`` once per case below (20-view CT on every fourth slice of the
 test slabs, the other problems on one test slice) into one new directory
 ``OUTDIR/NNNNN-demo/`` (each case gets its own sub-run with metrics.csv, summary.json and
 comparison.png), then prints one table (FBP/pinv, TV, PaDIS: PSNR, SSIM, seconds per image)
