@@ -61,6 +61,11 @@ def trace_pdhg(op, y, image, weight, iters, every, tols, **kw):
     return dict(trace=trace, stops={str(k): v for k, v in stops.items()}, seconds=time.perf_counter() - t0)
 
 
+def fista_start(x0):
+    """deepinv's FISTA state: the estimate and its extrapolation point (both x0 at the start)."""
+    return {"est": [x0, x0.clone()]}
+
+
 def run_deepinv(op, y, image, weight, iters, every):
     """deepinv's TVPrior + L2 with FISTA on the same y (our operator as a LinearPhysics)."""
     import deepinv as dinv
@@ -72,8 +77,8 @@ def run_deepinv(op, y, image, weight, iters, every):
     physics = dinv.physics.LinearPhysics(A=op.A, A_adjoint=op.AT)
     L2n = op.norm() ** 2  # our weight is relative to ||A||^2: deepinv's lambda = weight * ||A||^2
     model = optim_builder(iteration="FISTA", prior=TVPrior(n_it_max=20), data_fidelity=L2(),
-                          params_algo=dict(stepsize=1.0 / L2n, lambda_=weight * L2n), max_iter=iters,
-                          early_stop=False, custom_init=lambda y_, p_: {"est": [op.pinv(y_).clamp(0, 1)]})
+                          params_algo={"stepsize": 1.0 / L2n, "lambda": weight * L2n, "a": 3}, max_iter=iters,
+                          early_stop=False, custom_init=lambda y_, p_: fista_start(op.pinv(y_).clamp(0, 1)))
     t0 = time.perf_counter()
     with torch.no_grad():
         xr = model(y, physics)[0].clamp(0, 1).numpy()
