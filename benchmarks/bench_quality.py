@@ -57,29 +57,28 @@ PROBLEMS = {
 TV_ITERS = 3000  # maximum PDHG iterations; the objective tolerance (inverse.baselines.TV_TOL) stops earlier
 PAPER = dict(pad=24, psize=56)
 
+def x0_solver_methods(solver: str, label: str, kwargs: dict, detail: str, ks: tuple[int, ...],
+                      default: bool = False) -> dict:
+    """The cells of an x0-space solver (dds, diffpir): 20 levels from sigma 1 (``solver``), the
+    means of K samples of it (``solver_kK``, K in ``ks``) and 30 and 50 levels (``solverN``)."""
+    base = dict(prior="patch", solver=solver, sigma_max=1.0, kwargs=kwargs)
+    schedule = f"sigma_max 1, 5 CG{detail}"
+    return {solver: dict(base, label=label + (" (default)" if default else ""), steps=20,
+                         settings=f"20 levels, {schedule}, lam per problem"),
+            **{f"{solver}_k{k}": dict(base, label=f"{label}, mean of {k}", steps=20, samples=k,
+                                      settings=f"as {solver}, mean of K = {k} samples", tier="expensive") for k in ks},
+            **{f"{solver}{n}": dict(base, label=f"{label} {n}", steps=n, settings=f"{n} levels, {schedule}",
+                                    tier="expensive") for n in (30, 50)}}
+
+
 # method -> how it runs. 'baselines' rows come from the default method's cell (the same measurements).
 # Everything else: prior, solver, schedule and solver options; 'tier' 'expensive' = ~1000 calls.
 METHODS = {
     "fbp": dict(label="FBP / pinv", baseline=True, settings="filtered backprojection / pseudo-inverse"),
     "tv": dict(label="TV (PDHG)", baseline=True,
                settings=f"PDHG to objective tolerance {TV_TOL:g} (max {TV_ITERS}), weight tuned on slice 055"),
-    "diffpir": dict(label="PaDIS DiffPIR (default)", prior="patch", solver="diffpir", steps=20, sigma_max=1.0,
-                    kwargs=dict(cg_iters=5, zeta=1.0), settings="20 levels, sigma_max 1, 5 CG, zeta 1, lam per problem"),
-    **{f"diffpir_k{k}": dict(label=f"PaDIS DiffPIR, mean of {k}", prior="patch", solver="diffpir", steps=20,
-                             sigma_max=1.0, kwargs=dict(cg_iters=5, zeta=1.0), samples=k,
-                             settings=f"as diffpir, mean of K = {k} samples", tier="expensive") for k in (2, 4, 8)},
-    **{f"diffpir{n}": dict(label=f"PaDIS DiffPIR {n}", prior="patch", solver="diffpir", steps=n, sigma_max=1.0,
-                           kwargs=dict(cg_iters=5, zeta=1.0), settings=f"{n} levels, sigma_max 1, 5 CG, zeta 1",
-                           tier="expensive") for n in (30, 50)},
-    "dds": dict(label="PaDIS dds", prior="patch", solver="dds", steps=20, sigma_max=1.0,
-                kwargs=dict(cg_iters=5, eta=1.0), settings="20 levels, sigma_max 1, 5 CG, lam per problem"),
-    "dds_k2": dict(label="PaDIS dds, mean of 2", prior="patch", solver="dds", steps=20, sigma_max=1.0,
-                   kwargs=dict(cg_iters=5, eta=1.0), samples=2, settings="as dds, mean of K = 2 samples", tier="expensive"),
-    "dds_k4": dict(label="PaDIS dds, mean of 4", prior="patch", solver="dds", steps=20, sigma_max=1.0,
-                   kwargs=dict(cg_iters=5, eta=1.0), samples=4, settings="as dds, mean of K = 4 samples", tier="expensive"),
-    **{f"dds{n}": dict(label=f"PaDIS dds {n}", prior="patch", solver="dds", steps=n, sigma_max=1.0,
-                       kwargs=dict(cg_iters=5, eta=1.0), settings=f"{n} levels, sigma_max 1, 5 CG",
-                       tier="expensive") for n in (30, 50)},
+    **x0_solver_methods("diffpir", "PaDIS DiffPIR", dict(cg_iters=5, zeta=1.0), ", zeta 1", ks=(2, 4, 8), default=True),
+    **x0_solver_methods("dds", "PaDIS dds", dict(cg_iters=5, eta=1.0), "", ks=(2, 4)),
     "ddnm": dict(label="PaDIS DDNM", prior="patch", solver="ddnm", steps=100, sigma_max=10.0, kwargs={},
                  settings="100 levels, eta 0.85"),
     "pc": dict(label="PaDIS PC", prior="patch", solver="pc", steps=100, sigma_max=10.0, kwargs={},
