@@ -12,7 +12,6 @@ the quality benchmark never scores (default: tuning slice 055, as for TV).
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import sys
@@ -48,17 +47,6 @@ def _number(text: str):
     return text
 
 
-def noise_option(solver: str, op, x: torch.Tensor, noise: float, kwargs: dict) -> dict:
-    """``noise_std`` (the std of y's noise, as ``inverse.reconstruct`` passes it) for solvers
-    that take it (DiffPIR, DDNM+), unless the grid sets it."""
-    from inverse.samplers import SAMPLERS
-    if "noise_std" not in inspect.signature(SAMPLERS[solver]).parameters or "noise_std" in kwargs:
-        return {}
-    with torch.no_grad():
-        std = op.noise_std(op.A(x), noise)
-    return dict(noise_std=float(torch.as_tensor(std).reshape(-1)[0]))
-
-
 @click.command()
 @click.option("--network", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--images", default=str(REPO / "datasets/ct_head/tune/slice_055.png"),
@@ -81,6 +69,7 @@ def main(network, images, max_images, problem, problem_opts, noise, solver, grid
     from inverse.metrics import psnr, ssim
     from inverse.operators import make_operator
     from inverse.prior import PatchPrior
+    from inverse.reconstruct import measurement_noise_std, with_noise_std
     from inverse.samplers import SAMPLERS, SCHEDULE_DEFAULTS, get_sigmas_karras
     from torch_utils.persistence import load_network
     from training.dataset import read_images
@@ -106,10 +95,12 @@ def main(network, images, max_images, problem, problem_opts, noise, solver, grid
             op = make_operator(problem, tuple(image.shape[1:]), channels=image.shape[0], **opts)
             gen = torch.Generator().manual_seed(index)
             with torch.no_grad():
-                y = op.noise(op.A(x), noise, gen)
+                clean = op.A(x)
+                y = op.noise(clean, noise, gen)
+            options = with_noise_std(SAMPLERS[solver], kwargs, measurement_noise_std(op, clean, noise))
             prior.reset_calls()
             t0 = time.perf_counter()
-            xr = SAMPLERS[solver](prior, op, y, sigmas, gen, **kwargs, **noise_option(solver, op, x, noise, kwargs))[0].numpy()
+            xr = SAMPLERS[solver](prior, op, y, sigmas, gen, **options)[0].numpy()
             secs.append(time.perf_counter() - t0)
             calls.append(prior.calls)
             scores.append((float(psnr(xr, image)), float(ssim(xr, image))))

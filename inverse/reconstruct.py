@@ -550,12 +550,12 @@ def prepare_image(setup: Setup, item: Item, pool: ThreadPoolExecutor | None) -> 
     with torch.no_grad():
         if setup.has_gt:
             y = op.A(torch.from_numpy(item.data)[None].to(device))
-            noise_std = measurement_noise_std(op, y, cfg)
+            noise_std = measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
             if cfg.noise:
                 y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
         else:
             y = torch.from_numpy(item.data)[None].to(device)
-            noise_std = measurement_noise_std(op, y, cfg)
+            noise_std = measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
     setup.writer.save_measurement(item.name, y[0].detach().cpu().numpy())
     seconds = time.perf_counter() - t_start  # the baselines' own seconds are added later
     if pool:
@@ -566,14 +566,15 @@ def prepare_image(setup: Setup, item: Item, pool: ThreadPoolExecutor | None) -> 
     return Prepared(item, y, gen, baselines, seconds, noise_std)
 
 
-def measurement_noise_std(op, y: torch.Tensor, cfg: ReconConfig) -> float:
-    """The std of the noise ``cfg.noise`` adds to ``y`` (``op.noise_std`` of the clean y), in
-    y's units; for given measurements the assumed level ``cfg.noise`` means."""
-    if not cfg.noise:
+def measurement_noise_std(op, y: torch.Tensor, noise: float | None, absolute: bool = False) -> float:
+    """The std of the noise that level ``noise`` adds to ``y`` (``op.noise_std`` of the clean y;
+    ``absolute``: ``noise`` is that std), in y's units; for given measurements the std the
+    assumed level means."""
+    if not noise:
         return 0.0
-    if cfg.noise_absolute:
-        return float(cfg.noise)
-    std = torch.as_tensor(op.noise_std(y, cfg.noise)).detach().float()
+    if absolute:
+        return float(noise)
+    std = torch.as_tensor(op.noise_std(y, noise)).detach().float()
     return float(std.pow(2).mean().sqrt())  # one image: its std; a slab of slices: their rms
 
 

@@ -192,7 +192,7 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         y = op.A(torch.from_numpy(gt)[:, None].to(device))
-        options = with_noise_std(ctx.sampler, ctx.solver_kwargs, measurement_noise_std(op, y, cfg))
+        options = with_noise_std(ctx.sampler, ctx.solver_kwargs, measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute))
         if cfg.noise:
             y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
     results, secs = {}, {}
