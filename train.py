@@ -33,6 +33,16 @@ def _int_list(ctx, param, value):
         raise click.BadParameter(f"{value!r}; expected comma-separated integers") from None
 
 
+def _float_pair(value: str, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}; expected MIN,MAX like 0.7,1.4", param_hint=name) from None
+    if not 0 < lo <= hi:
+        raise click.BadParameter(f"{value!r}; expected 0 < MIN <= MAX", param_hint=name)
+    return lo, hi
+
+
 @click.command(context_settings=dict(show_default=True, max_content_width=110, help_option_names=["-h", "--help"]),
                cls=PaperCommand)
 @click.option("--outdir", default="runs", metavar="DIR", help="Parent directory of the run directories.")
@@ -42,6 +52,16 @@ def _int_list(ctx, param, value):
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images.")
 @click.option("--xflip", type=click.BOOL, is_flag=False, flag_value=True, default=False,
               help="Augment with left-right mirror images (the data set doubles; the paper's --xflip=1 too).")
+@click.option("--aug-p", type=click.FloatRange(0, 1), default=0.0,
+              help="Augment: probability that a training patch comes from a transformed image (0 = off).")
+@click.option("--aug-rotate", type=click.FloatRange(0, 180), default=0.0,
+              help="Augment: max |rotation|, degrees (180 = any angle).")
+@click.option("--aug-zoom", default="1,1", metavar="MIN,MAX", callback=lambda c, p, v: _float_pair(v, "--aug-zoom"),
+              help="Augment: zoom range, log-uniform (1/pixel-spacing factor; 0.7,1.4 = spacing 0.71x-1.43x).")
+@click.option("--aug-gain", type=click.FloatRange(min=1), default=1.0,
+              help="Augment: intensity gain, log-uniform in [1/G, G] (another HU window).")
+@click.option("--aug-offset", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="Augment: intensity offset, uniform in [-O, O] (image units; 0.01 = 30 HU).")
 @click.option("--arch", type=HintChoice(sorted(ARCHS), adm="the paper's ADM (DhariwalUNet) is not implemented; "
                                       "use ddpmpp (the paper's CT prior) or ncsnpp"),
               default="small", help="Network architecture.")
@@ -115,6 +135,8 @@ def main(**opts):
                tick_kimg=opts["tick"], snap_ticks=opts["snap"], dump_ticks=opts["dump"], seed=opts["seed"],
                real_p=opts["real_p"], pad_width=opts["pad_width"], patch_sizes=opts["patch_sizes"],
                positional=not opts["no_pos"],
+               augment=dict(p=opts["aug_p"], rotate=opts["aug_rotate"], zoom_min=opts["aug_zoom"][0],
+                            zoom_max=opts["aug_zoom"][1], gain=opts["aug_gain"], offset=opts["aug_offset"]),
                precision=opts["precision"], workers=opts["workers"], device=opts["device"],
                resume=opts["resume"], max_nonfinite=opts["max_nonfinite"], progress=not opts["no_progress"])
     cfg = run_or_fail(training_loop.resolve_config, cfg, opts["debug"])

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from torch_utils import persistence
+from training.augment import AugmentSpec, augmented_patches, draw_params
 from training.networks import position_grid
 
 WHOLE = "whole"
@@ -147,22 +148,30 @@ def sample_patches(images: torch.Tensor, psize: PatchSize, pad_width: int,
 @persistence.persistent_class
 class PatchEDMLoss:
     """EDM loss on random patches; ``loss_fn(net, images, psize, generator)`` -> per-pixel
-    weighted loss (B, C, h, w). ``net`` is ``D(x, sigma, pos)``."""
+    weighted loss (B, C, h, w). ``net`` is ``D(x, sigma, pos)``. With an active ``augment``
+    each patch is cut at the same canvas offset from its own rotated / zoomed / re-windowed
+    image (``training.augment``); its position channels are those of the canvas offset."""
 
     def __init__(self,
                  P_mean: float = -1.2,      # Mean of ln(sigma) of the training noise.
                  P_std: float = 1.2,        # Std of ln(sigma).
                  sigma_data: float = 0.5,   # Expected std of the data (EDM preconditioning).
-                 pad_width: int = 64):      # Zero padding on each side of the image (pixels).
+                 pad_width: int = 64,       # Zero padding on each side of the image (pixels).
+                 augment: dict | None = None):  # training.augment.AugmentSpec fields; None: off.
         self.P_mean = P_mean
         self.P_std = P_std
         self.sigma_data = sigma_data
         self.pad_width = pad_width
+        self.augment = dict(augment or {})  # plain dict: snapshot pickles hold built-in types only
 
     def __call__(self, net, images: torch.Tensor, psize: PatchSize,
                  generator: torch.Generator) -> torch.Tensor:
         """images: (B, C, H, W) in [0, 1]. Returns weighted squared error (B, C, h, w)."""
-        y, pos, _ = sample_patches(images, psize, self.pad_width, generator)
+        y, pos, offsets = sample_patches(images, psize, self.pad_width, generator)
+        spec = AugmentSpec.from_dict(self.augment)
+        if spec.active:
+            params = draw_params(spec, y.shape[0], generator)
+            y = augmented_patches(images, offsets, tuple(y.shape[-2:]), self.pad_width, params)
         dev = generator.device
         rnd_normal = torch.randn((y.shape[0], 1, 1, 1), generator=generator, device=dev)
         sigma = (rnd_normal * self.P_std + self.P_mean).exp()

@@ -38,7 +38,7 @@ import resource
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ import torch
 
 from torch_utils import distributed as dist
 from torch_utils import misc
+from training.augment import AugmentSpec
 from training.dataset import ImageDataset
 from training.networks import PRECISIONS, build_network
 from training.patch_loss import (
@@ -92,6 +93,7 @@ DEFAULTS: dict[str, Any] = dict(
     resume=None,                 # Training-state file, 'auto', or None.
     max_nonfinite=10,            # Stop after this many non-finite losses in a row.
     loss_kwargs=dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5),  # EDM loss settings.
+    augment={},                  # training.augment.AugmentSpec fields (rotation, zoom, window); {}: off.
     adam_betas=[0.9, 0.999],     # Adam betas.
     adam_eps=1e-8,               # Adam epsilon.
     progress=True,               # tqdm progress bar on rank 0.
@@ -178,6 +180,7 @@ def resolve_config(cfg: dict | None = None, **kwargs) -> dict:
     if c["pad_width"] < 0:
         raise ValueError(f"--pad-width must be >= 0, got {c['pad_width']}")
     patch_probabilities(len(c["patch_sizes"]), c["real_p"])
+    c["augment"] = asdict(AugmentSpec.from_dict(c["augment"]))  # checked; every field written to config.json
     if c["device"] is None:
         c["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return c
@@ -358,7 +361,7 @@ def _set_up_training(c: dict, device: torch.device, rank: int, world: int, round
     _check_patch_shapes(net, sizes, (height, width), pad)
     net.train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    loss_fn = PatchEDMLoss(pad_width=pad, **c["loss_kwargs"])
+    loss_fn = PatchEDMLoss(pad_width=pad, augment=c["augment"], **c["loss_kwargs"])
     opt = torch.optim.Adam(net.parameters(), lr=c["lr"], betas=tuple(c["adam_betas"]), eps=c["adam_eps"])
     scaler = torch.amp.GradScaler("cuda", enabled=(c["precision"] == "fp16" and device.type == "cuda"))
     size_gen = torch.Generator().manual_seed(c["seed"])
