@@ -13,7 +13,7 @@ import click
 import torch
 
 from dnnlib.cli import fail, run_or_fail
-from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT
+from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT, TV_WEIGHTS
 from inverse.cli import (
     check_network,
     parse_baselines,
@@ -49,7 +49,8 @@ from inverse.samplers import SAMPLERS
               "patch; whole for a checkpoint trained on whole images]")
 @click.option("--baseline", "baselines", default="fbp,tv", callback=parse_baselines, help="Comma list or 'none'; fbp is the pseudo-inverse ('pinv', its name outside CT)")
 @click.option("--tv-weight", type=click.FloatRange(min=0), help="TV baseline weight, relative to ||A||^2 "
-              f"[default: {TV_WEIGHT:g}; the demo's cases use weights tuned per problem]")
+              "[default: the weight tuned per problem on the tuning slices, "
+              f"{', '.join(f'{k} {v:g}' for k, v in TV_WEIGHTS.items())}; others {TV_WEIGHT:g}]")
 @click.option("--tv-iters", type=click.IntRange(min=1), help="TV baseline: maximum PDHG iterations "
               f"[default: {TV_ITERS}; about 0.1 s each for 20-view CT at 256x256 on one CPU core]")
 @click.option("--tv-tol", type=click.FloatRange(min=0), help="TV baseline: stop when the objective changes by less "

@@ -63,7 +63,16 @@ def fbp(op: Operator, y: torch.Tensor) -> torch.Tensor:
     return op.pinv(y)
 
 
-TV_WEIGHT = 1e-3  # default relative weight (inverse.cases has the tuned ones per problem)
+TV_WEIGHT = 1e-3  # relative weight of a problem that TV_WEIGHTS does not list
+# The default TV weight per operator: the weights tuned for converged TV on the tuning slices
+# (benchmarks/tune_tv.py; notes/quality.md). inverse.cases and the CLI default read them from here.
+TV_WEIGHTS = {"ct_parbeam": 3e-4, "ct_fanbeam": 3e-4, "ct_lact": 3e-4, "deblur_uniform": 1e-3, "super": 1e-2}
+
+
+def default_tv_weight(problem: str) -> float:
+    """The default relative TV weight of ``problem`` (an operator name): TV_WEIGHTS, else TV_WEIGHT."""
+    return TV_WEIGHTS.get(problem, TV_WEIGHT)
+
 TV_ITERS = 2000  # default maximum PDHG iterations (the tolerance usually stops earlier)
 TV_TOL = 1e-5  # default stop: relative objective change over CHECK_EVERY iterations
 CHECK_EVERY = 10  # iterations between objective evaluations (one extra A x each)

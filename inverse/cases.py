@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
+from inverse.baselines import default_tv_weight as tv
 from inverse.shipped import ct_head_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,12 +39,13 @@ class Case(NamedTuple):
 
 
 CASES = {
-    "ct_parbeam_20": Case("ct_parbeam", EVAL_SLICES, dict(views=20), 0.005, 3e-4, 0.3, 0.003),
-    "ct_fanbeam_40": Case("ct_fanbeam", ONE_SLICE, dict(views=40), 0.005, 3e-4, 0.3, 0.01),
+    "ct_parbeam_20": Case("ct_parbeam", EVAL_SLICES, dict(views=20), 0.005, tv("ct_parbeam"), 0.3, 0.003),
+    "ct_fanbeam_40": Case("ct_fanbeam", ONE_SLICE, dict(views=40), 0.005, tv("ct_fanbeam"), 0.3, 0.01),
     # angle_range: odlstuff.geometry.LACT_RANGE rounded, the wedge the published demo numbers used.
-    "ct_lact_120deg": Case("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, 3e-4, 0.3, 0.003),
-    "deblur_uniform_9": Case("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, 1e-3, 0.3, 0.1),
-    "super_x4": Case("super", ONE_SLICE, dict(factor=4), 0.01, 1e-2, 0.3, 0.01),
+    "ct_lact_120deg": Case("ct_lact", ONE_SLICE, dict(views=60, angle_range="0,2.0944"), 0.005, tv("ct_lact"),
+                             0.3, 0.003),
+    "deblur_uniform_9": Case("deblur_uniform", ONE_SLICE, dict(kernel_size=9), 0.01, tv("deblur_uniform"), 0.3, 0.1),
+    "super_x4": Case("super", ONE_SLICE, dict(factor=4), 0.01, tv("super"), 0.3, 0.01),
 }
 
 

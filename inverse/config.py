@@ -74,7 +74,7 @@ class ReconConfig:
 
     # Baselines (inverse.baselines)
     baselines: list[str] = field(default_factory=lambda: ["fbp", "tv"])  # keys of BASELINES
-    tv_weight: float | None = None  # TV weight (None: the baseline's default)
+    tv_weight: float | None = None  # TV weight (None: inverse.baselines.default_tv_weight(problem))
     tv_iters: int | None = None  # TV maximum iterations (None: inverse.baselines.TV_ITERS)
     tv_tol: float | None = None  # TV stop: relative objective change (None: inverse.baselines.TV_TOL; 0: run tv_iters)
 
@@ -125,13 +125,16 @@ class ReconConfig:
         return dataclasses.replace(self, **changes)
 
     def resolved(self) -> ReconConfig:
-        """A copy with the defaults that need no files filled: ``noise``, ``device`` and the
-        solver's noise schedule (``steps``, ``sigma_min``, ``sigma_max``)."""
+        """A copy with the defaults that need no files filled: ``noise``, ``device``, the
+        problem's TV weight and the solver's noise schedule (``steps``, ``sigma_min``, ``sigma_max``)."""
+        from inverse.baselines import default_tv_weight
         from inverse.samplers import SCHEDULE_DEFAULTS
 
         changes: dict[str, Any] = {}
         if self.noise is None:
             changes["noise"] = DEFAULT_NOISE["ct" if self.problem.startswith("ct") else "other"]
+        if self.tv_weight is None:
+            changes["tv_weight"] = default_tv_weight(self.problem)
         if self.device is None:
             import torch
             changes["device"] = "cuda" if torch.cuda.is_available() else "cpu"

@@ -187,7 +187,13 @@ def check_resume_config(run_dir: Path, cfg: ReconConfig | dict) -> None:
     except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"resume={run_dir}: cannot read {path} ({exc}); is this a reconstruction "
                          "run directory?") from None
-    old_values, new_values = old.comparable(), ReconConfig.from_dict(cfg).comparable()
+    from inverse.baselines import TV_WEIGHT, default_tv_weight
+    if old.tv_weight is None:  # written before the per-problem default: its TV ran at the old global default
+        old = old.replace(tv_weight=TV_WEIGHT)
+    new = ReconConfig.from_dict(cfg)
+    if new.tv_weight is None:
+        new = new.replace(tv_weight=default_tv_weight(new.problem))
+    old_values, new_values = old.comparable(), new.comparable()
     for key in sorted(set(old_values) | set(new_values)):
         if old_values.get(key) != new_values.get(key):
             raise ValueError(f"resume={run_dir}: option {key!r} was {old_values.get(key)!r} in that run, now "

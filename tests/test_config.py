@@ -43,6 +43,14 @@ def test_defaults_round_trip_and_resolution():
     assert ReconConfig(network="n", problem="denoise", steps=7, device="cpu").resolved().steps == 7
 
 
+def test_tv_weight_defaults_per_problem():
+    from inverse.baselines import TV_WEIGHT, TV_WEIGHTS
+    weight = {p: ReconConfig(network="n", problem=p, device="cpu").resolved().tv_weight
+              for p in ("ct_parbeam", "ct_fanbeam", "ct_lact", "deblur_uniform", "super", "denoise")}
+    assert weight == dict(TV_WEIGHTS, denoise=TV_WEIGHT) and weight["ct_parbeam"] == 3e-4
+    assert ReconConfig(network="n", problem="ct_parbeam", tv_weight=0.02, device="cpu").resolved().tv_weight == 0.02
+
+
 def test_old_config_json_resumes(tmp_path, monkeypatch):
     """A run directory written before ReconConfig resumes with the same options (also from
     another working directory for relative paths, the free fields changed) and refuses
@@ -50,11 +58,15 @@ def test_old_config_json_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(OLD_CONFIG))
     same = ReconConfig.from_dict({k: v for k, v in OLD_CONFIG.items() if k not in ("run_dir", "grid", "patch_range")})
+    same = same.replace(tv_weight=1e-3)  # its tv_weight None ran TV at the global default of then
     check_resume_config(tmp_path, same.replace(outdir="elsewhere", device="cuda", compile=True, progress=False,
                                                resume=str(tmp_path)))
     check_resume_config(tmp_path, same.replace(network=str(tmp_path / OLD_CONFIG["network"])))
     with pytest.raises(ValueError, match="option 'steps' was 3 in that run, now 4"):
         check_resume_config(tmp_path, same.replace(steps=4))
+    # tv_weight None there ran TV at the old global default; the CT default now differs
+    with pytest.raises(ValueError, match="option 'tv_weight' was 0.001 in that run, now 0.0003"):
+        check_resume_config(tmp_path, same.replace(tv_weight=None))  # the CT default now
     (tmp_path / "config.json").write_text(json.dumps(dict(OLD_CONFIG, stepz=1)))
     with pytest.raises(ValueError, match="resume=.*unknown reconstruction option"):
         check_resume_config(tmp_path, same)

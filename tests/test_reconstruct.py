@@ -407,4 +407,6 @@ def test_tv_cost_in_help_and_threads_tol_reach_the_run(assets, tmp_path, monkeyp
     assert res.exit_code == 0, res.output
     cfg = json.loads((only_run_dir(tmp_path) / "config.json").read_text())
     assert cfg["threads"] == 1 and cfg["tv_tol"] == 1e-3 and cfg["tv_iters"] == 500
-    assert seen == [dict(iters=500, tol=1e-3)]  # no --tv-weight: the baseline's default
+    # no --tv-weight: the problem's default (denoise is not tuned: TV_WEIGHT), written to config.json
+    assert seen == [dict(weight=baselines.TV_WEIGHT, iters=500, tol=1e-3)]
+    assert cfg["tv_weight"] == baselines.TV_WEIGHT
