@@ -298,6 +298,9 @@ class LimitedAngleCT(ParallelBeamCT):
 
 
 FOV_TOL = 0.02  # image values above this outside the fan's field of view count as content
+# Fan-beam detector half width whose field of view covers the whole square [-20, 20]^2 with the
+# default radii (odlstuff.geometry.fan_det_extent_for(20 * sqrt(2)) = 80); the paper's code uses 40.
+FAN_DET_EXTENT = 80.0
 
 
 class FanBeamCT(_CT):
@@ -309,6 +312,7 @@ class FanBeamCT(_CT):
     class Options(_CT.Options):
         src_radius: float = geo.SRC_RADIUS  # source to rotation centre
         det_radius: float = geo.DET_RADIUS  # rotation centre to detector
+        det_extent: float = FAN_DET_EXTENT  # detector half width (paper's code: 40, the FOV misses the corners)
         fbp_freq: float = 0.3  # FBP frequency scaling (paper: 0.3)
 
     def _build(self, o: Options) -> None:
