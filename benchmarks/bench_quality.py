@@ -118,8 +118,9 @@ def select_images(images: Path, exclude: list[str], n: int | None) -> list[Path]
 
 
 def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir: Path, device: str,
-                seed: int, caps: dict) -> ReconConfig:
-    """The ``inverse.reconstruct.run`` config of one (problem, method) cell."""
+                seed: int, caps: dict, tv_weight: float | None = None) -> ReconConfig:
+    """The ``inverse.reconstruct.run`` config of one (problem, method) cell (``tv_weight``
+    replaces the case's, e.g. the one re-tuned on the shifted tuning slices)."""
     case = PROBLEMS[problem]
     m = METHODS[method]
     kwargs = dict(m["kwargs"])
@@ -134,7 +135,7 @@ def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir:
                        solver=m["solver"], steps=steps, sigma_min=0.003, sigma_max=m["sigma_max"],
                        solver_kwargs=kwargs, samples=m.get("samples", 1),
                        baselines=["fbp", "tv"] if method == DEFAULT_METHOD else [],
-                       tv_weight=case.tv_weight, tv_iters=caps.get("tv_iters") or TV_ITERS, outdir=str(outdir),
+                       tv_weight=case.tv_weight if tv_weight is None else tv_weight, tv_iters=caps.get("tv_iters") or TV_ITERS, outdir=str(outdir),
                        seed=seed, device=device, progress=False,
                        parallel_baselines=bool(caps.get("parallel_baselines")))
 
@@ -162,12 +163,12 @@ def cell_record(problem: str, method: str, summary: dict, source: str = "padis")
 
 
 def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list[Path], device: str,
-             seed: int, caps: dict) -> list[dict]:
+             seed: int, caps: dict, tv_weight: float | None = None) -> list[dict]:
     """Run one cell (the default method's cell also yields the FBP and TV rows); write cells/*.json atomically."""
     from inverse.baselines import method_label
     from inverse.reconstruct import run
     inputs = stage_images(files, bench / "inputs" / f"n{len(files)}")
-    cfg = cell_config(problem, method, networks, inputs, bench / "runs" / problem, device, seed, caps)
+    cfg = cell_config(problem, method, networks, inputs, bench / "runs" / problem, device, seed, caps, tv_weight)
     t0 = time.perf_counter()
     summary = run(cfg)
     records = [cell_record(problem, method, summary)]
@@ -177,8 +178,47 @@ def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list
     for r in records:
         r["wall_seconds"] = time.perf_counter() - t0
         r["settings"] = METHODS[r["method"]]["settings"]
+        if r["method"] == "tv":
+            r["tv_weight"] = cfg.tv_weight
         misc.atomic_write_json(bench / "cells" / f"{problem}__{r['method']}.json", r, overwrite=True)
     return records
+
+
+TV_SHIFT_FACTORS = (0.5, 1.0, 2.0)  # the shifted benchmark re-tunes TV over these multiples of the tuned weight
+
+
+def tune_tv_shifted(bench: Path, problems: list[str], tune_files: list[Path], caps: dict) -> dict[str, float]:
+    """TV weight per problem re-tuned on the shifted tuning slices (best mean PSNR over
+    ``TV_SHIFT_FACTORS`` x the case's weight, TV run as in the cells); cached in
+    ``tv_shifted.json`` of the benchmark directory with every row."""
+    from inverse.baselines import TV_TOL, tv
+    from inverse.metrics import psnr, ssim
+    from inverse.operators import make_operator
+    from training.dataset import read_images
+    path = bench / "tv_shifted.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    images = [read_images(f)[0][1] for f in tune_files]
+    for problem in problems:
+        if problem in record:
+            continue
+        case, rows = PROBLEMS[problem], []
+        for factor in TV_SHIFT_FACTORS:
+            w = case.tv_weight * factor
+            scores = []
+            for k, image in enumerate(images):
+                x = torch.from_numpy(image)[None]
+                op = make_operator(case.problem, tuple(image.shape[1:]), channels=image.shape[0], **case.options)
+                y = op.noise(op.A(x), case.noise, torch.Generator().manual_seed(k))
+                xr = tv(op, y, weight=w, iters=caps.get("tv_iters") or TV_ITERS, tol=TV_TOL)[0].numpy()
+                scores.append((float(psnr(xr, image)), float(ssim(xr, image))))
+            rows.append(dict(weight=w, psnr=sum(p for p, _ in scores) / len(scores),
+                             ssim=sum(q for _, q in scores) / len(scores)))
+            click.echo(f"  TV on shifted tuning slices, {problem}: weight {w:g} PSNR {rows[-1]['psnr']:.2f}")
+        record[problem] = dict(rows=rows, best=max(rows, key=lambda r: r["psnr"])["weight"],
+                               slices=[str(f.relative_to(REPO)) if f.is_relative_to(REPO) else str(f)
+                                       for f in tune_files])
+        misc.atomic_write_json(path, record, overwrite=True)
+    return {p: record[p]["best"] for p in problems}
 
 
 def load_cells(bench: Path) -> list[dict]:
@@ -336,9 +376,15 @@ def _names(text: str | None, allowed: dict, option: str) -> list[str]:
               help="Patch size of the stitched prior (and of patch averaging).")
 @click.option("--parallel-baselines", is_flag=True,
               help="TV/FBP in a thread beside the default solve (same numbers; seconds are then shared wall times).")
+@click.option("--shifted", is_flag=True,
+              help="The shifted benchmark: every slice rotated, zoomed, re-windowed and textured (benchmarks/shifts.py), "
+                   "TV re-tuned on the equally shifted tuning slices.")
+@click.option("--tune-images", default=str(REPO / "datasets/ct_head/tune"), show_default=True,
+              type=click.Path(exists=True, file_okay=False), help="Tuning slices (--shifted re-tunes TV on them, shifted).")
 @click.option("--smoke", is_flag=True, help="Caps: 2 levels, 1 inner iteration, 3 TV iterations (tests).")
 def main(network, whole_network, images, exclude, slices, expensive_slices, expensive_problems, problems,
-         methods, outdir, run_dir, report_only, device, threads, seed, pad, psize, parallel_baselines, smoke):
+         methods, outdir, run_dir, report_only, device, threads, seed, pad, psize, parallel_baselines, shifted,
+         tune_images, smoke):
     """Run the quality benchmark (see the module docstring)."""
     if report_only:
         click.echo(write_report(Path(report_only)))
@@ -358,12 +404,18 @@ def main(network, whole_network, images, exclude, slices, expensive_slices, expe
     caps.update(pad=pad, psize=psize, parallel_baselines=parallel_baselines)
     networks = dict(patch=network, whole=whole_network)
     excluded = [e.strip() for e in exclude.split(",") if e.strip()]
-    bench = Path(run_dir) if run_dir else misc.new_run_dir(outdir, "quality")
+    bench = Path(run_dir) if run_dir else misc.new_run_dir(outdir, "quality-shifted" if shifted else "quality")
     bench.mkdir(parents=True, exist_ok=True)
     meta = dict(network=network, whole_network=whole_network, images=images, exclude=excluded, device=device,
-                threads=torch.get_num_threads(), seed=seed, smoke=smoke, caps=caps,
+                threads=torch.get_num_threads(), seed=seed, smoke=smoke, caps=caps, shifted=shifted,
                 command=" ".join(sys.argv), machine=machine())
     click.echo(f"benchmark directory {bench}")
+    tv_weights: dict[str, float] = {}
+    if shifted:
+        from shifts import stage_shifted
+        tune = stage_shifted(select_images(Path(tune_images), [], None), bench / "inputs" / "shifted-tune", seed)
+        tv_weights = tune_tv_shifted(bench, problems, tune, caps)
+        meta["tv_weights_shifted"] = tv_weights
     done = {(c["problem"], c["method"]) for c in load_cells(bench)}
     for problem in problems:
         for method in methods:
@@ -374,8 +426,10 @@ def main(network, whole_network, images, exclude, slices, expensive_slices, expe
                 continue
             n = expensive_slices if expensive else slices
             files = select_images(Path(images), excluded, n)
+            if shifted:
+                files = stage_shifted(files, bench / "inputs" / "shifted-test", seed)
             click.echo(f"{problem} / {method}: {len(files)} image(s) ...")
-            for r in run_cell(bench, problem, method, networks, files, device, seed, caps):
+            for r in run_cell(bench, problem, method, networks, files, device, seed, caps, tv_weights.get(problem)):
                 click.echo(f"  {r['method']}: PSNR {_ms(r['psnr'], '.2f')} dB, "
                            f"{r['seconds_per_image']['mean']:.1f} s/image")
     click.echo("\n" + write_report(bench, meta))

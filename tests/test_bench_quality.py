@@ -129,3 +129,44 @@ def test_plot_uses_images_common_to_all_cells(tmp_path):
     assert bq.common_images(cells) == ["s0", "s1"]
     assert bq.common_images(cells + [dict(cells[0], per_image=None)]) == []  # one without: no common set
     assert bq.plot_psnr_vs_seconds(cells, tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_shifts_are_seeded_documented_and_keep_air():
+    import shifts
+    a, b = shifts.draw_shift("slice_020", 0), shifts.draw_shift("slice_020", 0)
+    assert a == b and shifts.draw_shift("slice_021", 0) != a and shifts.draw_shift("slice_020", 1) != a
+    assert -180 <= a["angle"] < 180 and 0.7 <= a["spacing"] <= 1.4 and a["zoom"] == pytest.approx(1 / a["spacing"])
+    assert 0.8 <= a["gain"] <= 1.25 and abs(a["offset"]) <= 0.01
+    image = np.zeros((1, 32, 32), np.float32)
+    image[0, 10:22, 8:24] = 0.5
+    out = shifts.apply_shift(image, dict(a, offset=0.0))
+    assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    assert out[0, 0, 0] == 0  # air (a corner) stays air: no texture there
+    plain = shifts.apply_shift(image, dict(angle=0.0, zoom=1.0, gain=1.0, offset=0.0, texture_seed=1))
+    inside = image > shifts.BODY
+    assert np.abs(plain[~inside]).max() < 1e-5 and 0.003 < np.std(plain[inside] - image[inside]) < 0.03
+
+
+def test_shifted_smoke_retunes_tv_and_scores_shifted_slices(setup, tmp_path):
+    root, patch, _, images = setup
+    tune = tmp_path / "tune"
+    tune.mkdir()
+    Image.open(images / "slice_004.png").save(tune / "slice_055.png")
+    res = CliRunner().invoke(bq.main, ["--network", str(patch), "--images", str(images), "--slices", "1",
+                                       "--threads", "1", "--psize", "44", "--smoke", "--exclude", "slice_004",
+                                       "--problems", "deblur_uniform_9", "--methods", "diffpir", "--shifted",
+                                       "--tune-images", str(tune), "--outdir", str(tmp_path / "out")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    bench = next((tmp_path / "out").iterdir())
+    assert bench.name.endswith("-quality-shifted")
+    tuned = json.loads((bench / "tv_shifted.json").read_text())["deblur_uniform_9"]
+    weight = bq.PROBLEMS["deblur_uniform_9"].tv_weight
+    assert [r["weight"] for r in tuned["rows"]] == pytest.approx([f * weight for f in bq.TV_SHIFT_FACTORS])
+    cells = {c["method"]: c for c in bq.load_cells(bench)}
+    assert cells["tv"]["tv_weight"] == tuned["best"]
+    shifted = Image.open(bench / "inputs" / "n1" / "slice_013.png")
+    assert np.asarray(shifted).dtype == np.uint16  # the staged input is the shifted 16-bit slice
+    record = json.loads((bench / "inputs" / "shifted-test" / "shifts.json").read_text())
+    assert set(record["slices"]) == {"slice_013.png"}
+    assert json.loads((bench / "quality.json").read_text())["meta"]["shifted"] is True
