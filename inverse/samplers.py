@@ -227,6 +227,30 @@ def conjugate_gradient(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch
     return x
 
 
+def data_consistency(op, aty: torch.Tensor, anchor: torch.Tensor, iters: int,
+                     weight: float = 0.0) -> torch.Tensor:
+    """The x0-space data-consistency step of ddnm, dds and diffpir: ``iters`` conjugate-gradient
+    iterations, started at ``anchor``, on the normal equations of
+    min_x ||y - A x||² + weight ||x - anchor||², that is
+
+        (AᵀA + weight I) x = Aᵀy + weight anchor.
+
+    One joint system over the batch where the operator ``couples_batch``, one per image
+    otherwise (``conjugate_gradient``).
+
+    op: the operator (``A``, ``AT``). aty: Aᵀy, the data part of the right-hand side (passed in
+    so that a solver with one y computes it once). anchor: the start and the estimate the
+    solution is pulled towards (dds, diffpir: the prior's x0_hat; ddnm: zeros), image-shaped.
+    iters: CG iterations (0 returns ``anchor``). weight: the anchor term's absolute weight,
+    >= 0 (callers scale theirs by ||A||²); 0: plain least squares, CG from ``anchor`` (from 0:
+    towards the min-norm least-squares solution)."""
+    if weight:
+        normal, rhs = (lambda v: op.AT(op.A(v)) + weight * v), aty + weight * anchor
+    else:
+        normal, rhs = (lambda v: op.AT(op.A(v))), aty
+    return conjugate_gradient(normal, rhs, anchor, iters, couples_batch(op))
+
+
 def _start(op, y: torch.Tensor, sigma: float, generator: torch.Generator, x_init: torch.Tensor | None,
            init: str, name: str) -> torch.Tensor:
     if x_init is not None:
@@ -271,7 +295,9 @@ def _check_inner(inner: int, name: str, least: int = 1) -> None:
         raise ValueError(f"{name}: inner={inner}; expected at least {least} iteration(s) per level")
 
 
-def _report(callback, i: int, sigma: float, x: torch.Tensor, x0: torch.Tensor) -> None:
+def _end_level(callback, name: str, i: int, sigma: float, x: torch.Tensor, x0: torch.Tensor) -> None:
+    """After level ``i``'s updates: raise if ``x`` is not finite (``_check_finite``), then ``callback``."""
+    _check_finite(x, name, i, sigma)
     if callback is not None:
         callback(dict(i=i, sigma=sigma, x=x, x0=x0))
 
@@ -360,8 +386,7 @@ def sample_dps(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
                     x0 = prior(x, sigma, generator)
                     g = op.AT(op.A(x0) - y)
                 x = langevin_step(x, x0, sigma, eps, generator, noise=not last) - step * g
-            _check_finite(x, name, i, sigma)
-            _report(callback, i, sigma, x, x0)
+            _end_level(callback, name, i, sigma, x, x0)
     return _finish(x)
 
 
@@ -386,8 +411,7 @@ def sample_langevin(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, gen
         for _ in range(inner):
             x0 = prior(x, sigma, generator)
             x = dc_step(op, y, langevin_step(x, x0, sigma, eps, generator, noise=not last), step)
-        _check_finite(x, name, i, sigma)
-        _report(callback, i, sigma, x, x0)
+        _end_level(callback, name, i, sigma, x, x0)
     return _finish(x)
 
 
@@ -426,8 +450,7 @@ def sample_pc(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator
             if sigma_next > 0:
                 x = x + math.sqrt(var) * randn_like(x, generator)
         x = dc_step(op, y, x, step)
-        _check_finite(x, name, i, sigma)
-        _report(callback, i, sigma, x, x0)
+        _end_level(callback, name, i, sigma, x, x0)
     return _finish(x)
 
 
@@ -469,8 +492,7 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
     def correction(r: torch.Tensor) -> torch.Tensor:
         if cg_iters is None:
             return op.pinv(r)
-        return conjugate_gradient(lambda v: op.AT(op.A(v)), op.AT(r), torch.zeros_like(x), cg_iters,
-                                  couples_batch(op))
+        return data_consistency(op, op.AT(r), torch.zeros_like(x), cg_iters)
 
     sigma_c = correction_noise(correction, y, noise_level(noise_std))
     for i, sigma in enumerate(levels):
@@ -479,8 +501,7 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
         x0_hat = prior(x, sigma, generator)
         x0 = x0_hat + scale * correction(y - op.A(x0_hat)) if scale > 0 else x0_hat
         x = renoise(x0, x, x0_hat, sigma, sigma_renoise, eta, generator)
-        _check_finite(x, name, i, sigma)
-        _report(callback, i, sigma, x, x0)
+        _end_level(callback, name, i, sigma, x, x0)
     return _finish(x)
 
 
@@ -514,14 +535,12 @@ def sample_dds(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
     x = _start(op, y, levels[0], generator, x_init, init, name)
     lam_abs = lam * operator_norm(op, x) ** 2
     aty = op.AT(y)
-    normal = lambda v: op.AT(op.A(v)) + lam_abs * v
     for i, sigma in enumerate(levels):
         sigma_next = levels[i + 1] if i + 1 < len(levels) else 0.0
         x0_hat = prior(x, sigma, generator)
-        x0 = conjugate_gradient(normal, aty + lam_abs * x0_hat, x0_hat, cg_iters, couples_batch(op))
+        x0 = data_consistency(op, aty, x0_hat, cg_iters, lam_abs)
         x = renoise(x0, x, x0_hat, sigma, sigma_next, eta, generator)
-        _check_finite(x, name, i, sigma)
-        _report(callback, i, sigma, x, x0)
+        _end_level(callback, name, i, sigma, x, x0)
     return _finish(x)
 
 
@@ -561,11 +580,9 @@ def sample_diffpir(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, gene
         sigma_next = levels[i + 1] if i + 1 < len(levels) else 0.0
         rho = max(lam * sigma_n ** 2 / sigma ** 2, rho_min * norm2)
         x0_hat = prior(x, sigma, generator)
-        x0 = conjugate_gradient(lambda v, r=rho: op.AT(op.A(v)) + r * v, aty + rho * x0_hat, x0_hat, cg_iters,
-                                couples_batch(op))
+        x0 = data_consistency(op, aty, x0_hat, cg_iters, rho)
         x = renoise(x0, x, x0, sigma, sigma_next, math.sqrt(zeta), generator)
-        _check_finite(x, name, i, sigma)
-        _report(callback, i, sigma, x, x0)
+        _end_level(callback, name, i, sigma, x, x0)
     return _finish(x)
 
 
