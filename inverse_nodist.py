@@ -23,6 +23,7 @@ from inverse.cli import (
     pick_prior,
     problem_options,
     solver_options,
+    solver_table_help,
 )
 from inverse.config import ReconConfig
 from inverse.operators import OPERATORS
@@ -39,7 +40,8 @@ from inverse.prior import PRIOR_BUILDERS
 from inverse.samplers import SAMPLERS
 
 
-@click.command(context_settings=dict(show_default=True, help_option_names=["-h", "--help"]), cls=PaperCommand)
+@click.command(context_settings=dict(show_default=True, help_option_names=["-h", "--help"]), cls=PaperCommand,
+               epilog=solver_table_help())
 @click.option("--network", help="Checkpoint (.safetensors/.json/.pkl) [default: the one under checkpoints/]")
 @click.option("--input", "input_", type=click.Path(exists=True), help="Ground-truth image file or directory")
 @click.option("--measurements", type=click.Path(exists=True), help="A .npy measurement file or directory (no ground truth)")
@@ -92,8 +94,9 @@ from inverse.samplers import SAMPLERS
                    "grad ||y-A D(x)|| started from clamp(pinv(y)) [default: landweber]")
 @click.option("--predictor", type=click.Choice(["sde", "ode"]), help="pc predictor [default: sde]")
 @click.option("--eta", type=float, help="ddnm/dds renoise: 1 fresh noise, 0 deterministic [default: ddnm 0.85, dds 1]")
-@click.option("--lam", type=float, help="diffpir: data weight rho = lam * noise_std^2 / sigma^2 [default: 0.3]; "
-              "dds: prior weight relative to ||A||^2 [default: 0.01; 0.1 for deblurring]")
+@click.option("--lam", type=float, help="dds: weight of ||x - D(x)||^2 in the data step, relative to ||A||^2 "
+              "[default: 0.01]; diffpir: that weight is rho = lam * noise_std^2 / sigma^2 [default: 0.3] "
+              "(table below)")
 @click.option("--cg-iters", type=click.IntRange(min=0), help="dds/diffpir conjugate-gradient iterations per level [default: 5]; ddnm: CG correction")
 @click.option("--init", type=click.Choice(["pinv", "noise"]), help="Solver start [default: pinv]")
 @click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")

@@ -16,6 +16,82 @@ PROBLEM_OPTIONS = dict(views="views", angle_range="angle_range", detectors="det_
                        slice_spacing="slice_spacing")
 SOLVER_OPTIONS = ("zeta", "inner", "eps", "dc_grad", "dc_step", "predictor", "eta", "lam", "cg_iters", "init")
 
+# What --zeta, --lam, --dc-step and the per-level iterations mean for each solver of
+# inverse.samplers.SAMPLERS: a row per solver, a cell per SOLVER_TABLE_COLUMNS entry ('-': the
+# solver does not take that option, a usage error). "{name}" in a cell is filled from the code:
+# the solver's default of option `name` (sampler_options), zeta_landweber / zeta_paper
+# (ZETA_DEFAULTS), ddnm_cg_iters (DDNM_CG_ITERS); a last column gives the default levels
+# (SCHEDULE_DEFAULTS). inverse_nodist.py --help shows solver_table_help(), docs/ARCHITECTURE.md
+# solver_table_markdown(); tests check that both are current and every solver has a row.
+SOLVER_TABLE_COLUMNS = ("--zeta", "--lam", "--dc-step", "iterations per level")
+SOLVER_TABLE = {
+    "dps": ("data step zeta/||A||² down the gradient of ½||y - A D(x)||² (through the network; --dc-grad "
+            "x0: Aᵀ(A D(x) - y)) [{zeta_landweber}]; with --dc-step paper an absolute step zeta down the "
+            "gradient of ||y - A D(x)|| [{zeta_paper}]",
+            "-",
+            "landweber, or paper: the paper code's step (see --zeta), started from clamp(pinv(y), 0, 1) "
+            "without noise [{dc_step}]",
+            "--inner K Langevin iterations, each with one data step [{inner}]"),
+    "langevin": ("x += zeta/||A||² Aᵀ(y - A x) after each Langevin iteration [{zeta}]", "-", "-",
+                 "--inner K Langevin iterations, one prior call each [{inner}]"),
+    "pc": ("x += zeta/||A||² Aᵀ(y - A x) after each corrector iteration and after the predictor [{zeta}]",
+           "-", "-",
+           "--inner K corrector iterations, then the predictor: K + 1 prior calls [{inner}]"),
+    "ddnm": ("-", "-", "-",
+             "one prior call; the correction A⁺r of r = y - A D(x) is op.pinv(r) or, with --cg-iters K, "
+             "K CG iterations on AᵀA d = Aᵀr from d = 0 [op.pinv where it is a stable pseudo-inverse, "
+             "else K = {ddnm_cg_iters} (CT)]"),
+    "dds": ("-",
+            "weight of ||x - D(x)||² in units of ||A||²: CG on (AᵀA + lam ||A||² I) x = Aᵀy + "
+            "lam ||A||² D(x) from D(x) [{lam}]",
+            "-",
+            "one prior call, --cg-iters K CG iterations [{cg_iters}]"),
+    "diffpir": ("renoise mix: 0 the predicted noise (x - x0)/sigma only, 1 fresh noise only [{zeta}]",
+                "rho = max(lam noise_std² / sigma², {rho_min} ||A||²) is the weight of ||x - D(x)||²: CG on "
+                "(AᵀA + rho I) x = Aᵀy + rho D(x) from D(x); rho grows as sigma falls [{lam}]",
+                "-",
+                "one prior call, --cg-iters K CG iterations [{cg_iters}]"),
+}
+
+
+def solver_table() -> dict[str, tuple[str, ...]]:
+    """SOLVER_TABLE with the defaults filled in and the levels column added (see SOLVER_TABLE)."""
+    from inverse.samplers import DDNM_CG_ITERS, SCHEDULE_DEFAULTS, ZETA_DEFAULTS, sampler_options
+    show = lambda v: format(v, "g") if isinstance(v, float) else str(v)  # noqa: E731
+    rows = {}
+    for name, cells in SOLVER_TABLE.items():
+        fields = dict(sampler_options(name), ddnm_cg_iters=DDNM_CG_ITERS,
+                      **{f"zeta_{k}": v for k, v in ZETA_DEFAULTS.items()})
+        fields = {k: show(v) for k, v in fields.items()}
+        sched = {k: show(float(v)) if k != "steps" else str(v) for k, v in SCHEDULE_DEFAULTS[name].items()}
+        levels = f"{sched['steps']}, sigma {sched['sigma_max']} to {sched['sigma_min']}"
+        rows[name] = tuple(cell.format(**fields) for cell in cells) + (levels,)
+    return rows
+
+
+def solver_table_help(width: int = 76) -> str:
+    """The solver table as --help text: one block a solver, one line (wrapped) a column."""
+    import textwrap
+    heads = SOLVER_TABLE_COLUMNS + ("levels",)
+    indent = max(map(len, heads)) + 4
+    blocks = ["What the solver options mean per solver ('-': that solver does not take it, a usage error; "
+              "[x]: the default x):"]
+    for name, cells in solver_table().items():
+        lines = ["\b", name]
+        for head, cell in zip(heads, cells):
+            lines += textwrap.wrap(cell, width, initial_indent=f"  {head}".ljust(indent),
+                                   subsequent_indent=" " * indent, break_on_hyphens=False)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def solver_table_markdown() -> str:
+    """The solver table as a Markdown table (``|`` inside a cell escaped)."""
+    heads = ("solver",) + SOLVER_TABLE_COLUMNS + ("levels (--steps, --sigma-max to --sigma-min)",)
+    rows = [heads, ("---",) * len(heads)]
+    rows += [(f"`{name}`",) + cells for name, cells in solver_table().items()]
+    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows)
+
 
 def default_network() -> str | None:
     """The one ``*.safetensors`` checkpoint shipped under checkpoints/ (or installed as

@@ -454,13 +454,16 @@ def sample_pc(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator
     return _finish(x)
 
 
+DDNM_CG_ITERS = 10  # ddnm's CG iterations where op.pinv is no stable pseudo-inverse (CT: FBP)
+
+
 @torch.inference_mode()
 def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
                 x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
                 eta: float = 0.85,    # Renoise: 1 = fresh noise, 0 = deterministic (DDIM).
                 init: str = "pinv",   # Start: 'pinv' (pinv(y) + noise) or 'noise'.
                 cg_iters: int | None = None,  # Correction by CG (min-norm least squares); None:
-                                              # op.pinv where op.stable_pinv, else 10 (CT).
+                                              # op.pinv where op.stable_pinv, else DDNM_CG_ITERS (CT).
                 noise_std: float | torch.Tensor | None = None,  # Std of y's noise (y's units); > 0:
                                               # DDNM+. The run passes its own (inverse.reconstruct).
                 ) -> torch.Tensor:
@@ -485,7 +488,7 @@ def sample_ddnm(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generat
     levels = _levels(sigmas, name)
     x = _start(op, y, levels[0], generator, x_init, init, name)
     if cg_iters is None and not getattr(op, "stable_pinv", True):
-        cg_iters = 10
+        cg_iters = DDNM_CG_ITERS
     if cg_iters is not None and cg_iters < 1:
         raise ValueError(f"{name}: cg_iters={cg_iters}; expected a positive number of CG iterations or None")
 
@@ -547,7 +550,8 @@ def sample_dds(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generato
 @torch.inference_mode()
 def sample_diffpir(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, generator: torch.Generator,
                    x_init: torch.Tensor | None = None, callback: Callable | None = None, *,
-                   lam: float = 0.3,      # rho = lam * noise_std² / sigma² (DiffPIR's lambda; paper 7).
+                   lam: float = 0.3,      # rho = lam * noise_std² / sigma², the weight of ||x - x0_hat||²
+                                          # (DiffPIR's lambda; paper 7).
                    zeta: float = 1.0,     # Renoise mix: 0 = predicted noise only, 1 = fresh noise only
                                           # (paper 0.3). Both tuned on CT tuning slice 055 (notes/solvers.md).
                    cg_iters: int = 5,     # CG iterations of the data proximal step per level.
@@ -562,8 +566,9 @@ def sample_diffpir(prior, op, y: torch.Tensor, sigmas: torch.Tensor | None, gene
     (at least rho_min ||A||²; ``cg_iters`` CG iterations on (AᵀA + rho I) x = Aᵀy + rho x0_hat
     from x0_hat); then x = x0 + sigma_next (sqrt(1 - zeta) eps_hat + sqrt(zeta) z) with
     eps_hat = (x - x0) / sigma the noise the corrected estimate implies and z fresh noise.
-    Unlike dds (a fixed weight lam ||A||²) the data weight grows as sigma falls: the prior
-    dominates early, the measurement late, in the ratio a Gaussian posterior gives (lam = 1).
+    Unlike dds (a fixed weight lam ||A||²) rho, the pull towards x0_hat, grows as sigma falls:
+    the data weigh most at high noise levels, the prior's estimate more and more at low ones, in
+    the ratio a Gaussian posterior gives (lam = 1).
     With zeta = 1 the renoise is dds's (eta = 1) and the two differ only in that weight.
     Prior calls: len(sigmas)."""
     name = "diffpir"

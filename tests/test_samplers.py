@@ -8,6 +8,7 @@ from inverse.samplers import (
     SAMPLERS,
     SCHEDULE_DEFAULTS,
     conjugate_gradient,
+    data_consistency,
     get_sigmas_karras,
     operator_norm,
     renoise,
@@ -180,6 +181,34 @@ def test_conjugate_gradient_solves_spd_batch():
     apply = lambda v: (spd @ v.reshape(2, 6, 1)).reshape(v.shape)
     x = conjugate_gradient(apply, rhs, torch.zeros_like(rhs), 12)
     torch.testing.assert_close(apply(x), rhs, atol=1e-4, rtol=1e-4)
+
+
+def test_data_consistency_solves_the_regularised_normal_equations():
+    """(AᵀA + w I) x = Aᵀy + w anchor from anchor; w = 0 from 0: the min-norm least-squares
+    solution; an operator that couples the batch gets one joint CG system."""
+    g = torch.Generator().manual_seed(0)
+    blur = MatrixOp(exact=False)
+    y = blur.A(truth()) + 0.05 * torch.randn(2, blur.M.shape[0], generator=g)
+    anchor = torch.rand(2, 1, H, W, generator=g)
+    w = 0.5 * blur.norm() ** 2
+    x = data_consistency(blur, blur.AT(y), anchor, 30, w)
+    torch.testing.assert_close(blur.AT(blur.A(x)) + w * x, blur.AT(y) + w * anchor, atol=1e-4, rtol=1e-4)
+    assert torch.equal(data_consistency(blur, blur.AT(y), anchor, 0, w), anchor)
+
+    mask = MatrixOp(exact=True)
+    r = torch.randn(2, mask.M.shape[0], generator=g)
+    d = data_consistency(mask, mask.AT(r), torch.zeros_like(anchor), 3)
+    torch.testing.assert_close(d.reshape(2, -1), r @ torch.linalg.pinv(mask.M).T, atol=1e-5, rtol=0)
+
+    class Joint(MatrixOp):
+        couples_batch = True
+
+    joint = Joint(exact=False)
+    normal = lambda v: joint.AT(joint.A(v)) + w * v  # noqa: E731
+    rhs = joint.AT(y) + w * anchor
+    x = data_consistency(joint, joint.AT(y), anchor, 2, w)
+    assert torch.equal(x, conjugate_gradient(normal, rhs, anchor, 2, joint=True))
+    assert not torch.equal(x, conjugate_gradient(normal, rhs, anchor, 2, joint=False))
 
 
 def test_operator_norm_power_iteration_and_renoise():

@@ -5,11 +5,14 @@ DDNM amplifies the noise."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 
+from inverse.cli import SOLVER_TABLE, SOLVER_TABLE_COLUMNS, solver_table, solver_table_markdown
 from inverse.operators import make_operator
 from inverse.samplers import (
     SAMPLERS,
@@ -109,3 +112,41 @@ def test_diffpir_zeta_mixes_fresh_noise_and_checks_options():
     with pytest.raises(ValueError, match="zeta"):
         run(0, zeta=1.5)
     assert {"lam", "zeta", "cg_iters", "noise_std"} <= set(sampler_options("diffpir"))
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_solver_table_has_every_solver_and_says_which_options_it_takes():
+    """One row per solver of SAMPLERS (a new solver fails here until documented); '-' exactly
+    where the solver does not take the option; a default in [] where it has one."""
+    assert list(SOLVER_TABLE) == list(SAMPLERS)
+    flags = {"--zeta": "zeta", "--lam": "lam", "--dc-step": "dc_step"}
+    for name, cells in solver_table().items():
+        options = sampler_options(name)
+        assert len(cells) == len(SOLVER_TABLE_COLUMNS) + 1, name
+        for head, cell in zip(SOLVER_TABLE_COLUMNS, cells):
+            if head not in flags:
+                continue
+            key = flags[head]
+            assert (cell == "-") == (key not in options), (name, head)
+            if cell != "-" and isinstance(options[key], (int, float)):
+                assert cell.endswith(f"[{options[key]:g}]"), (name, head, cell)
+        per_level = cells[SOLVER_TABLE_COLUMNS.index("iterations per level")]
+        for flag, key in (("--inner", "inner"), ("--cg-iters", "cg_iters")):
+            assert (flag in per_level) == (key in options), (name, flag)
+
+
+def test_solver_table_is_in_the_help_and_the_architecture_doc():
+    import inverse_nodist
+
+    res = CliRunner().invoke(inverse_nodist.main, ["--help"])
+    assert res.exit_code == 0, res.output
+    shown = _words(res.output)
+    heads = SOLVER_TABLE_COLUMNS + ("levels",)
+    for name, cells in solver_table().items():
+        block = _words(" ".join([name] + [f"{h} {c}" for h, c in zip(heads, cells)]))
+        assert block in shown, name
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md").read_text()
+    assert solver_table_markdown() in doc, "docs/ARCHITECTURE.md: paste inverse.cli.solver_table_markdown()"
