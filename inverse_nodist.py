@@ -13,6 +13,7 @@ import click
 import torch
 
 from dnnlib.cli import fail, run_or_fail
+from dnnlib.paper_cli import HintChoice, PaperCommand, paper_options
 from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT, TV_WEIGHTS
 from inverse.cli import (
     check_network,
@@ -27,15 +28,7 @@ from inverse.cli import (
 )
 from inverse.config import ReconConfig
 from inverse.operators import OPERATORS
-from inverse.paper_cli import (
-    RECON_OPTIONS,
-    SOLVER_HINTS,
-    HintChoice,
-    PaperCommand,
-    apply_recon_options,
-    paper_options,
-    recon_summary,
-)
+from inverse.paper_cli import RECON_OPTIONS, SOLVER_HINTS, apply_recon_options, recon_summary
 from inverse.prior import PRIOR_BUILDERS
 from inverse.samplers import SAMPLERS
 

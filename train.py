@@ -12,16 +12,9 @@ import sys
 
 import click
 
-from inverse.paper_cli import (
-    TRAIN_OPTIONS,
-    HintChoice,
-    PaperCommand,
-    apply_train_options,
-    given,
-    paper_options,
-    train_summary,
-)
+from dnnlib.paper_cli import HintChoice, PaperCommand, given, paper_options
 from training.networks import ARCHS
+from training.paper_cli import TRAIN_OPTIONS, apply_train_options, train_summary
 
 
 def _int_list(ctx, param, value):

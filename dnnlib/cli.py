@@ -26,21 +26,40 @@ def run_or_fail(fn, cfg, debug: bool):
 
 def fail(message: str) -> NoReturn:
     """Stop with ``Error: message`` and exit status 1. Under torchrun (WORLD_SIZE > 1) only
-    rank 0 prints it; the ranks then meet (torch_utils.distributed.meet, if their group is still
-    up) and all leave at once with status 1 (``os._exit``: no interpreter teardown); a rank
-    the launcher SIGTERMs meanwhile also exits with 1. Otherwise a ClickException."""
+    rank 0 prints it; the ranks then meet (:func:`_meet`, if their group is still up) and all
+    leave at once with status 1 (``os._exit``: no interpreter teardown); a rank the launcher
+    SIGTERMs meanwhile also exits with 1. Otherwise a ClickException."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise click.ClickException(message)
     import signal
 
-    from torch_utils import distributed as ddp
     signal.signal(signal.SIGTERM, lambda *_: os._exit(1))  # the launcher stopping a rank: still status 1
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"Error: {message}", err=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    ddp.meet()
+    _meet()
     os._exit(1)
+
+
+def _meet(timeout_s: float = 60.0) -> bool:
+    """Wait until every rank of the torch.distributed group gets here, so that all ranks stop
+    together; gloo waits at most ``timeout_s`` seconds. False if a rank did not come or there
+    is no group. (dnnlib is the lowest layer: it uses torch.distributed itself, not
+    torch_utils.distributed.)"""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    try:
+        if dist.get_backend() == "gloo":
+            from datetime import timedelta
+            dist.monitored_barrier(timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
+        else:
+            dist.barrier()
+    except RuntimeError:
+        return False
+    return True
 
 
 def to_flags(message: str, ctx: click.Context | None = None) -> str:

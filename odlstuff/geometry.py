@@ -90,16 +90,6 @@ def parallel_geometry(
     return tomo.Parallel2dGeometry(_angles(views, angle_range), _detector(det_count, det_extent))
 
 
-def limited_angle_geometry(
-    views: int = 20,  # number of projection angles inside the wedge
-    angle_range: tuple[float, float] = LACT_RANGE,  # radians; the paper uses (0, 2 pi / 3)
-    det_count: int = DET_COUNT,  # detector pixels
-    det_extent: float = DET_EXTENT,  # detector half width
-) -> tomo.Parallel2dGeometry:
-    """Parallel beam over a wedge of angles (limited-angle CT)."""
-    return parallel_geometry(views, angle_range, det_count, det_extent)
-
-
 def fan_geometry(
     views: int = 20,  # number of source positions
     src_radius: float = SRC_RADIUS,  # source to rotation centre

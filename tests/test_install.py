@@ -39,6 +39,15 @@ def test_installed_copy_finds_its_checkpoint_and_slices(installed, tmp_path):
     network, held_out = probe.stdout.split()
     assert network == str(installed / "padis_checkpoints" / "ct_head_small.safetensors")
     assert held_out == str(installed / "padis_ct_head" / "test") and list(Path(held_out).glob("slice_*.png"))
+    # No pyproject.toml beside the installed packages: the network classes come from the
+    # installed metadata's entry-point group padis.networks, in a fresh interpreter.
+    assert not (installed / "pyproject.toml").exists()
+    load = run_installed(installed, ["-c", "from torch_utils.persistence import load_network\n"
+                                     "import sys\nnet = load_network(sys.argv[1])\n"
+                                     "print(type(net).__name__, sys.modules[type(net).__module__].__file__)",
+                                     network], tmp_path)
+    assert load.returncode == 0, load.stderr
+    assert load.stdout.split() == ["PatchEDMPrecond", str(installed / "training" / "networks.py")]
     res = run_installed(installed, ["-m", "inverse_nodist", "--input", held_out, "--problem", "denoise",
                                     "--dry-run"], tmp_path)
     assert res.returncode == 0, res.stderr

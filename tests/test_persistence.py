@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import io
 import json
 import math
@@ -337,18 +338,138 @@ def test_edm_family_tool_loads_our_pickle(tmp_path, tiny_patch_net):
     assert type(load_network(tmp_path / "net.pkl")) is PatchEDMPrecond
 
 
-def test_torch_utils_does_not_import_training(tmp_path, tiny_patch_net):
-    """The loader knows only the classes that registered themselves: in a process that never
-    imported training, a network file is refused with a hint, and nothing imports training."""
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints" / "ct_head_small.safetensors"
+
+
+def _fresh_python(code: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -c code args`` in a new interpreter that finds this checkout's modules."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _summary(net: torch.nn.Module) -> str:
+    return f"{type(net).__name__} {sum(p.numel() for p in net.parameters())} " \
+           f"{float(sum(p.double().sum() for p in net.parameters())):.12g}"
+
+
+_FRESH_LOAD = ("from torch_utils.persistence import load_network\n"
+               "import sys\n"
+               "before = sorted(m for m in sys.modules if m.split('.')[0] in ('training', 'inverse'))\n"
+               "net = load_network(sys.argv[1])\n"
+               "print(before, type(net).__name__, sum(p.numel() for p in net.parameters()),\n"
+               "      format(float(sum(p.double().sum() for p in net.parameters())), '.12g'))\n")
+
+
+@pytest.mark.parametrize("kind", ["shipped safetensors", "shipped json", "paper pickle", "our EDMPrecond pickle"])
+def test_load_network_in_a_fresh_interpreter(kind, tmp_path):
+    """``from torch_utils.persistence import load_network; load_network(path)`` needs no other
+    import: the network classes come from the entry-point group padis.networks (torch_utils
+    itself imports nothing of training until a file is loaded)."""
+    marker = tmp_path / "marker"
+    if kind == "shipped safetensors":
+        path = SHIPPED
+    elif kind == "shipped json":
+        path = SHIPPED.with_suffix(".json")
+    elif kind == "paper pickle":
+        path = tmp_path / "network-snapshot-000800.pkl"
+        write_paper_pickle(path, paper_network(PAPER_TINY_KWARGS), marker)
+    else:
+        torch.manual_seed(0)
+        path = tmp_path / "network-snapshot-000001.pkl"
+        save_pickle(path, dict(ema=build_network("tiny", img_resolution=16, image_channels=1, positional=False)))
+    res = _fresh_python(_FRESH_LOAD, tmp_path, str(path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[] " + _summary(load_network(path))
+    no_side_effect(marker)
+
+
+def test_fresh_interpreter_without_package_metadata_reads_the_checkout(tmp_path):
+    """A checkout that is not pip-installed has no entry-point metadata: the declarations of
+    its pyproject.toml are used (here the installed metadata is hidden)."""
+    path = tmp_path / "network-snapshot-000800.pkl"
+    write_paper_pickle(path, paper_network(PAPER_TINY_KWARGS), tmp_path / "marker")
+    code = ("import importlib.metadata as md\n"
+            "md.entry_points = lambda **kw: md.EntryPoints(())\n" + _FRESH_LOAD)
+    res = _fresh_python(code, tmp_path, str(path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[] " + _summary(load_network(path))
+
+
+def test_convert_in_a_fresh_interpreter(tmp_path):
+    """python -m torch_utils.convert on the paper's pickle imports nothing by hand."""
+    src = tmp_path / "network-snapshot-000800.pkl"
+    write_paper_pickle(src, paper_network(PAPER_TINY_KWARGS), tmp_path / "marker")
+    res = _fresh_python("import runpy; runpy.run_module('torch_utils.convert', run_name='__main__')", tmp_path,
+                        str(src), str(tmp_path / "ct.safetensors"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "wrote" in res.stdout and "PatchEDMPrecond" in res.stdout
+    assert _summary(load_network(tmp_path / "ct.safetensors")) == _summary(load_network(src))
+
+
+def test_installed_metadata_declares_the_checkout_networks():
+    """The pip-installed metadata lists what pyproject.toml declares (an install older than a
+    new entry point would not: pip install -e . again; make test does when pyproject.toml changed)."""
+    try:
+        dist = importlib.metadata.distribution(persistence.PROJECT_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("padis is not pip-installed; the checkout's pyproject.toml is read instead")
+    installed = {(ep.name, ep.value) for ep in dist.entry_points if ep.group == persistence.ENTRY_POINT_GROUP}
+    declared = {(ep.name, ep.value) for ep in persistence.checkout_entry_points(REPO / "pyproject.toml")}
+    assert declared == {("EDMPrecond", "training.networks:EDMPrecond"),
+                        ("PatchEDMPrecond", "training.networks:PatchEDMPrecond")}
+    assert installed == declared, "the installed padis metadata is stale: run pip install -e . (or make test)"
+
+
+def test_checkout_entry_points(tmp_path):
+    toml = tmp_path / "pyproject.toml"
+    assert persistence.checkout_entry_points(tmp_path / "missing.toml") == []
+    toml.write_text('[project]\nname = "other"\n[project.entry-points."padis.networks"]\nX = "a:B"\n')
+    assert persistence.checkout_entry_points(toml) == []
+    toml.write_text('[project]\nname = "padis"\n[project.entry-points."padis.networks"]\nX = "a:B"\n'
+                    '[project.entry-points.other]\nY = "c:D"\n')
+    assert [(ep.name, ep.value, ep.group) for ep in persistence.checkout_entry_points(toml)] == [
+        ("X", "a:B", "padis.networks")]
+    toml.write_text('[project]\nname = "padis"\n')
+    assert persistence.checkout_entry_points(toml) == []
+    toml.write_text('[project]\nname = "padis"\n[project.entry-points."padis.networks"]\nX = 3\n')
+    with pytest.raises(ValueError, match=r"pyproject.toml: .*must map names to 'module:Class' strings"):
+        persistence.checkout_entry_points(toml)
+    toml.write_text("[project\n")
+    with pytest.raises(ValueError, match=r"pyproject.toml: not a readable TOML file"):
+        persistence.checkout_entry_points(toml)
+
+
+def _fresh_registry(monkeypatch, entry_points: list, pyproject: Path) -> None:
+    """The loader's registry as in a new process that sees ``entry_points`` installed and
+    ``pyproject`` as the checkout's."""
+    monkeypatch.setattr(persistence, "_NETWORKS", {})
+    monkeypatch.setattr(persistence, "_declared_loaded", False)
+    monkeypatch.setattr(persistence, "_declaration_problems", [])
+    monkeypatch.setattr(persistence, "_PYPROJECT", pyproject)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: importlib.metadata.EntryPoints(entry_points))
+
+
+def test_broken_entry_points_are_named_and_do_not_block_the_others(tmp_path, monkeypatch, tiny_patch_net):
     save_network(tiny_patch_net, tmp_path / "net.safetensors")
-    code = ("import sys\nfrom torch_utils import persistence\n"
-            "try:\n    persistence.load_network(sys.argv[1])\n"
-            "except persistence.CheckpointError as exc:\n    print(exc)\n"
-            "print('training' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "net.safetensors")], capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout.splitlines()
-    assert "is not one of [] (no network class is registered: import training.networks first)" in out[0]
-    assert out[1] == "False"
+    broken = [importlib.metadata.EntryPoint("Gone", "padis_no_such_module:Net", persistence.ENTRY_POINT_GROUP),
+              importlib.metadata.EntryPoint("Dict", "collections:OrderedDict", persistence.ENTRY_POINT_GROUP)]
+    _fresh_registry(monkeypatch, broken, REPO / "pyproject.toml")
+    assert type(load_network(tmp_path / "net.safetensors")) is PatchEDMPrecond
+    assert sorted(persistence.loadable_networks()) == ["EDMPrecond", "PatchEDMPrecond", "Patch_EDMPrecond"]
+
+    _fresh_registry(monkeypatch, broken, tmp_path / "no-checkout" / "pyproject.toml")
+    with pytest.raises(CheckpointError) as info:
+        load_network(tmp_path / "net.safetensors")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'net.json'}: network class 'PatchEDMPrecond'")
+    assert "is not one of [] (no network class is declared in the entry-point group 'padis.networks'" in message
+    assert "entry point Gone = 'padis_no_such_module:Net' does not import: ModuleNotFoundError" in message
+    assert ("entry point Dict = 'collections:OrderedDict' is not a network class registered with "
+            "@persistent_class and loadable_names") in message
 
 
 def _paper_probe(net: torch.nn.Module) -> torch.Tensor:

@@ -48,8 +48,6 @@ def _load(path: Path) -> tuple[torch.nn.Module, dict]:
 def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
     """Load ``src`` safely and write it as ``dst`` (``*.safetensors``) + ``.json``; returns
     ``dst``. Refuses before reading anything if either output file exists."""
-    import training.networks  # noqa: F401  (entry point: registers the classes the loader builds)
-
     src = Path(src)
     dst = Path(dst) if dst is not None else src.with_suffix(".safetensors")
     if dst.suffix != ".safetensors":

@@ -50,10 +50,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
-def is_main() -> bool:
-    return rank() == 0
-
-
 def barrier() -> None:
     if is_initialized():
         dist.barrier()
@@ -84,22 +80,6 @@ def any_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
-
-
-def meet(timeout_s: float = 60.0) -> bool:
-    """Wait until every rank gets here (on a failure path: all ranks stop together). gloo
-    waits at most ``timeout_s`` seconds; returns False if a rank did not come (or no group)."""
-    if not is_initialized():
-        return False
-    try:
-        if dist.get_backend() == "gloo":
-            from datetime import timedelta
-            dist.monitored_barrier(timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
-        else:
-            dist.barrier()
-    except RuntimeError:
-        return False
-    return True
 
 
 def shutdown() -> None:

@@ -25,9 +25,11 @@ Loading (:func:`load_network`, :func:`load_snapshot`) **never executes code from
 Pickles are read by the restricted unpickler (:mod:`torch_utils.safe_unpickler`, which keeps
 the allow-list of globals). The network is then rebuilt from its class name and
 ``_init_kwargs`` as our own class — only classes that registered themselves through
-:func:`persistent_class` with ``loadable_names`` qualify; :func:`check_init_kwargs` decides
-which kwargs are accepted — on the meta device first, so absurd kwargs cannot allocate
-memory, and its tensors are loaded with ``load_state_dict(strict=True)``. Every problem with
+:func:`persistent_class` with ``loadable_names`` qualify, and the classes declared in the
+entry-point group ``padis.networks`` (pyproject.toml) are imported on first use, so nothing but
+this module needs importing; :func:`check_init_kwargs` decides which kwargs are accepted — on
+the meta device first, so absurd kwargs cannot allocate memory, and its tensors are loaded
+with ``load_state_dict(strict=True)``. Every problem with
 a file is one line naming it: :class:`CheckpointError` (a ``ValueError``) or
 ``FileNotFoundError``.
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import math
@@ -285,10 +288,23 @@ def _load_safetensors_network(st_path: Path, json_path: Path | None, expected_sh
 
 
 # ----------------------------------------------------------------------------------------
-# Which classes are persistent and which may be rebuilt as networks (filled by the classes)
+# Which classes are persistent and which may be rebuilt as networks
+#
+# Network classes are declared in the entry-point group ``padis.networks`` (pyproject.toml:
+# ``Name = "module:Class"``); the loaders import them on first use, so a fresh interpreter that
+# imported only this module loads every supported file. torch_utils names no network module
+# itself: the declarations are read from the installed distributions' metadata and, in a
+# checkout, from the pyproject.toml beside this package (a checkout that is not pip-installed,
+# or whose install predates a new entry point, has no or stale metadata).
+
+ENTRY_POINT_GROUP = "padis.networks"
+PROJECT_NAME = "padis"  # the [project] name whose pyproject.toml declares the shipped networks
+_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"  # a checkout's (absent when installed)
 
 _PERSISTENT_CLASSES: set[type] = set()  # pickled in EDM's persistent layout
 _NETWORKS: dict[str, type] = {}  # class names a checkpoint may give its network -> our class
+_declared_loaded = False  # the entry points were imported (once per process)
+_declaration_problems: list[str] = []  # entry points that could not be used, for error messages
 
 
 def persistent_class(cls: type) -> type:
@@ -298,7 +314,9 @@ def persistent_class(cls: type) -> type:
     If ``cls`` defines ``loadable_names`` (a tuple of class names, in its own class body), the
     loaders may rebuild a network that a file names by one of them as ``cls``; a network class
     with a ``model_type`` kwarg also defines ``model_types`` (``model_type`` -> backbone class),
-    which :func:`check_init_kwargs` uses. Nothing else is ever rebuilt from a file.
+    which :func:`check_init_kwargs` uses. Nothing else is ever rebuilt from a file. Such a class
+    is also declared in the entry-point group :data:`ENTRY_POINT_GROUP`, so that the loaders
+    find it without its module having been imported.
 
     Only classes of imported modules (in ``sys.modules``) register: a copy of a module's
     source executed elsewhere (as EDM's loaders do with ``module_src``) changes nothing here."""
@@ -310,9 +328,83 @@ def persistent_class(cls: type) -> type:
     return cls
 
 
+def checkout_entry_points(pyproject: str | os.PathLike) -> list[importlib.metadata.EntryPoint]:
+    """The :data:`ENTRY_POINT_GROUP` entry points that ``pyproject`` declares, if it is the
+    pyproject.toml of project :data:`PROJECT_NAME` ([] for a missing file or another project).
+    A file that is no valid TOML is a ValueError naming it."""
+    pyproject = Path(pyproject)
+    if not pyproject.is_file():
+        return []
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ValueError(f"{pyproject}: cannot read it without tomllib (Python >= 3.11) or tomli; "
+                             "pip install tomli, or pip install -e . the checkout") from None
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{pyproject}: not a readable TOML file ({one_line(exc, 100)})") from None
+    if not isinstance(project, dict) or project.get("name") != PROJECT_NAME:
+        return []
+    table = (project.get("entry-points") or {}).get(ENTRY_POINT_GROUP, {})
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ValueError(f"{pyproject}: [project.entry-points.\"{ENTRY_POINT_GROUP}\"] must map names to "
+                         "'module:Class' strings")
+    return [importlib.metadata.EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in table.items()]
+
+
+def declared_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """Every declared network class: the :data:`ENTRY_POINT_GROUP` entry points of the
+    installed distributions, then those of this checkout's pyproject.toml; each (name, value)
+    once."""
+    found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    found += checkout_entry_points(_PYPROJECT)
+    unique: dict[tuple[str, str], importlib.metadata.EntryPoint] = {}
+    for ep in found:
+        unique.setdefault((ep.name, ep.value), ep)
+    return list(unique.values())
+
+
+def _load_declared_networks() -> None:
+    """Import the declared network classes once per process; an entry point that cannot be
+    imported, or that is no registered network class, is remembered for the error message of a
+    file that needs it (another plugin's fault must not stop our own classes from loading)."""
+    global _declared_loaded
+    if _declared_loaded:
+        return
+    _declared_loaded = True
+    try:
+        declared = declared_entry_points()
+    except ValueError as exc:
+        _declaration_problems.append(str(exc))
+        declared = []
+    for ep in declared:
+        try:
+            cls = ep.load()
+        except Exception as exc:  # an installed plugin's import error, whatever it is
+            _declaration_problems.append(f"entry point {ep.name} = {ep.value!r} does not import: "
+                                         f"{type(exc).__name__}: {one_line(exc, 100)}")
+            continue
+        if not (isinstance(cls, type) and cls in _PERSISTENT_CLASSES and cls.__dict__.get("loadable_names")):
+            _declaration_problems.append(f"entry point {ep.name} = {ep.value!r} is not a network class "
+                                         "registered with @persistent_class and loadable_names")
+            continue
+        for name in cls.__dict__["loadable_names"]:  # registered by the decorator already, unless reset
+            _NETWORKS.setdefault(name, cls)
+
+
+def _networks() -> dict[str, type]:
+    """The registry, after the declared network classes were imported."""
+    _load_declared_networks()
+    return _NETWORKS
+
+
 def loadable_networks() -> dict[str, type]:
     """Class names a checkpoint may give its network -> the class it is rebuilt as."""
-    return dict(_NETWORKS)
+    return dict(_networks())
 
 
 # ----------------------------------------------------------------------------------------
@@ -406,11 +498,14 @@ def _build_network(class_name: Any, init_args: Any, init_kwargs: Any, tensors: d
                    source: Path) -> torch.nn.Module:
     """Construct our class for ``class_name`` from the kwargs and load ``tensors`` strictly.
     Returns the network on the CPU in eval mode with requires_grad False."""
-    if not isinstance(class_name, str) or class_name not in _NETWORKS:
-        hint = "" if _NETWORKS else " (no network class is registered: import training.networks first)"
+    networks = _networks()
+    if not isinstance(class_name, str) or class_name not in networks:
+        hint = "" if networks else (f" (no network class is declared in the entry-point group {ENTRY_POINT_GROUP!r}: "
+                                    "run from a padis checkout or reinstall it, pip install -e .)")
+        problems = f"; {'; '.join(_declaration_problems)}" if _declaration_problems else ""
         raise CheckpointError(f"{source}: network class {one_line(repr(class_name), 60)} is not one of "
-                              f"{sorted(_NETWORKS)}{hint}")
-    cls = _NETWORKS[class_name]
+                              f"{sorted(networks)}{hint}{problems}")
+    cls = networks[class_name]
     if not isinstance(init_args, (list, tuple)) or any(not isinstance(a, (int, float, str)) for a in init_args):
         raise CheckpointError(f"{source}: positional constructor arguments of {class_name} are not plain values")
     kwargs = check_init_kwargs(cls, init_kwargs, source)
@@ -523,7 +618,7 @@ def _network_from_record(rec: Any, path: Path) -> torch.nn.Module:
 
 
 def _is_network_record(value: Any) -> bool:
-    return isinstance(value, Record) and value.class_name in _NETWORKS
+    return isinstance(value, Record) and value.class_name in _networks()
 
 
 def load_snapshot(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
