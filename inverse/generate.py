@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from inverse.ranks import RankGroup, joined
 from torch_utils import misc
 
 EDM_METHODS = ("euler", "heun", "stochastic")
@@ -110,7 +111,17 @@ def run(cfg: dict) -> Path:
 
     cfg keys: network, size [H, W], seeds (list), steps, sigma_min, sigma_max, method, churn,
     prior, pad, psize (None: chosen, recorded as ``grid``), stride, batch, outdir, device, progress.
+
+    Under torchrun (:mod:`inverse.ranks`) rank 0 makes the one run directory, rank r samples
+    seeds r, r + world, ... of the list and prints one line naming them (stderr); rank 0
+    gathers the samples and writes the files (in seed-list order). Each seed has its own
+    generator, so the files equal those of one process exactly; every rank returns the directory.
     """
+    with joined(cfg["device"]) as ranks:
+        return _run(cfg, ranks)
+
+
+def _run(cfg: dict, ranks: RankGroup) -> Path:
     from inverse.checkpoint_info import trained_patch_range, training_info
     from inverse.prior import (
         DEFAULT_PATCH_RANGE,
@@ -127,29 +138,50 @@ def run(cfg: dict) -> Path:
     check_prior_name(cfg["prior"])
     h, w = cfg["size"]
     check_prior_geometry(cfg["prior"], cfg["pad"], cfg["psize"], {(h, w)})
-    device = torch.device(cfg["device"])
+    device = ranks.device
+    progress = cfg.get("progress", True) and ranks.rank == 0
     net = load_network(cfg["network"], device=device)
     cfg = dict(cfg, patch_range=list(trained_patch_range(training_info(cfg["network"])) or DEFAULT_PATCH_RANGE))
     cfg["grid"] = resolve_grids(cfg["prior"], net, cfg["pad"], cfg["psize"], cfg["patch_range"], {(h, w)})
-    for line in describe_grids(cfg["grid"], cfg["patch_range"]):
-        print(line, file=sys.stderr)
+    if ranks.rank == 0:
+        for line in describe_grids(cfg["grid"], cfg["patch_range"]):
+            print(line, file=sys.stderr)
     prior = build_prior(net, cfg["prior"], pad=cfg["pad"], psize=cfg["psize"], stride=cfg["stride"],
                         batch=cfg["batch"], patch_range=cfg["patch_range"], grid=cfg["grid"])
     channels = network_image_channels(net)
     sigmas = get_sigmas_karras(cfg["steps"], cfg["sigma_min"], cfg["sigma_max"], device="cpu")
-    run_dir = misc.new_run_dir(cfg["outdir"], f"generate-{h}x{w}")
+
+    def open_run_dir() -> str:
+        run_dir = misc.new_run_dir(cfg["outdir"], f"generate-{h}x{w}")
+        misc.atomic_write_json(run_dir / "config.json", dict(cfg, run_dir=str(run_dir)))
+        return str(run_dir)
+
+    run_dir = Path(ranks.on_rank0(open_run_dir))
     cfg = dict(cfg, run_dir=str(run_dir))
-    misc.atomic_write_json(run_dir / "config.json", cfg)
-    samples = []
+    mine = ranks.share(list(enumerate(cfg["seeds"])))  # (position in the seed list, seed)
+    if ranks.world > 1:
+        print(f"rank {ranks.rank} of {ranks.world}: {len(mine)} of {len(cfg['seeds'])} seed(s): "
+              f"{', '.join(str(seed) for _, seed in mine) or 'none'}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    for seed in tqdm(cfg["seeds"], desc="seeds", unit="img", disable=not cfg.get("progress", True)):
-        gen = torch.Generator().manual_seed(seed)
-        x = edm_sample(prior, (1, channels, h, w), sigmas, gen, method=cfg["method"], churn=cfg["churn"],
-                       device=device)
-        samples.append(x[0].cpu().numpy())
-    samples = np.clip(np.stack(samples), 0, 1).astype(np.float32)
-    rio.save_npy(run_dir / "samples.npy", samples)
-    rio.save_png(run_dir / "grid.png", make_grid(samples))
-    if cfg.get("progress", True):
-        print(f"{len(samples)} samples in {time.perf_counter() - t0:.1f} s -> {run_dir / 'grid.png'}")
+
+    def sample_mine() -> list[tuple[int, np.ndarray]]:
+        out = []
+        for k, seed in tqdm(mine, desc="seeds", unit="img", disable=not progress):
+            gen = torch.Generator().manual_seed(seed)
+            x = edm_sample(prior, (1, channels, h, w), sigmas, gen, method=cfg["method"], churn=cfg["churn"],
+                           device=device)
+            out.append((k, x[0].cpu().numpy()))
+        return out
+
+    parts = ranks.on_every_rank(sample_mine)
+
+    def write_files() -> None:
+        ordered = sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])
+        samples = np.clip(np.stack([x for _, x in ordered]), 0, 1).astype(np.float32)
+        rio.save_npy(run_dir / "samples.npy", samples)
+        rio.save_png(run_dir / "grid.png", make_grid(samples))
+        if progress:
+            print(f"{len(samples)} samples in {time.perf_counter() - t0:.1f} s -> {run_dir / 'grid.png'}")
+
+    ranks.on_rank0(write_files)
     return run_dir

@@ -29,6 +29,13 @@ Files per volume ``NAME`` (all written atomically; never overwritten):
   data range 1), SSIM as the mean of the slices' 2-D SSIMs, seconds; marks the volume complete.
 
 Per run: ``config.json``, ``metrics.csv`` (one row per volume and method) and ``summary.json``.
+
+Under torchrun (``WORLD_SIZE`` > 1; :mod:`inverse.ranks`) rank 0 makes the one run directory
+(or checks the resumed one) and lists the slabs still to solve over all volumes in input order;
+rank r solves slabs r, r + world, ... of that list and prints one line naming them (stderr).
+Once every rank finished, rank 0 assembles each volume and writes the summary. A slab's seed
+does not depend on its rank, so the files equal those of one process exactly, and a run killed
+midway resumes per slab with any number of ranks.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from tqdm import tqdm
 from inverse import io as rio
 from inverse.config import ReconConfig
 from inverse.operators import Operator
+from inverse.ranks import RankGroup, joined
 from torch_utils import misc
 
 PADIS = "padis"
@@ -283,37 +291,56 @@ def volume_scores(records: list[dict], methods: list[str]) -> dict:
     return out
 
 
-def reconstruct_volume(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first_index: int, verbose: bool) -> dict:
-    """All slabs of one volume (skipping those a resumed run finished), then its files; its record."""
+def _slab_stem(vol: rio.Volume, z0: int, z1: int) -> str:
+    return f"{vol.name}_{_slab_tag(z0, z1)}"
+
+
+def pending_slabs(volumes: list[rio.Volume], run_dir: Path, slab: int) -> list[tuple[int, int, int]]:
+    """(volume index, z0, z1) of every slab still to solve: not in a volume whose
+    ``NAME_metrics.json`` exists, and without its own marker (a resumed run); in input order."""
+    out = []
+    for k, vol in enumerate(volumes):
+        if (run_dir / f"{vol.name}_metrics.json").is_file():
+            continue
+        out.extend((k, z0, z1) for z0, z1 in slab_bounds(vol.shape[0], slab)
+                   if not (run_dir / f"{_slab_stem(vol, z0, z1)}_metrics.json").is_file())
+    return out
+
+
+def solve_slab_files(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first_index: int, z0: int, z1: int) -> dict:
+    """Solve slab [z0, z1) of ``vol`` (its generator seeded with seed + first_index + z0) and
+    write its files, the marker ``NAME_zAAAA-BBBB_metrics.json`` last; its record."""
     cfg = ctx.cfg
-    methods = list(cfg.baselines) + [PADIS]
-    tags = {m: "recon" if m == PADIS else m for m in methods}
-    records = []
+    stem, tags = _slab_stem(vol, z0, z1), _method_tags(cfg)
+    for tag in [*tags.values(), "measurement"]:
+        (run_dir / f"{stem}_{tag}.npy").unlink(missing_ok=True)  # partial slab of a killed run
+    gt = vol.slab(z0, z1)
+    results, y, secs, calls = solve_slab(ctx, gt, cfg.seed + first_index + z0)
+    for m, x in results.items():
+        rio.save_npy(run_dir / f"{stem}_{tags[m]}.npy", x)
+    rio.save_npy(run_dir / f"{stem}_measurement.npy", y)
+    record = dict(z0=z0, z1=z1, seconds=secs, calls=calls, errors={m: _errors(x, gt) for m, x in results.items()})
+    misc.atomic_write_json(run_dir / f"{stem}_metrics.json", record)
+    return record
+
+
+def _method_tags(cfg: ReconConfig) -> dict[str, str]:
+    """Method -> file tag (NAME_<tag>.npy): the baselines' names, ``recon`` for PaDIS."""
+    return {m: "recon" if m == PADIS else m for m in [*cfg.baselines, PADIS]}
+
+
+def assemble_volume(cfg: ReconConfig, vol: rio.Volume, run_dir: Path) -> dict:
+    """Once every slab of ``vol`` has its marker: the volume files, views figure and
+    ``NAME_metrics.json`` (written last: the volume is complete); the slab files are deleted. Its record."""
+    methods = [*cfg.baselines, PADIS]
+    tags = _method_tags(cfg)
     bounds = slab_bounds(vol.shape[0], cfg.slab)
-    bar = tqdm(total=len(bounds), desc=vol.name, unit="slab", disable=not verbose)
-    try:
-        for z0, z1 in bounds:
-            stem = f"{vol.name}_{_slab_tag(z0, z1)}"
-            marker = run_dir / f"{stem}_metrics.json"
-            if marker.is_file():
-                records.append(json.loads(marker.read_text()))
-                bar.update(1)
-                continue
-            for tag in [*tags.values(), "measurement"]:
-                (run_dir / f"{stem}_{tag}.npy").unlink(missing_ok=True)  # partial slab of a killed run
-            gt = vol.slab(z0, z1)
-            results, y, secs, calls = solve_slab(ctx, gt, cfg.seed + first_index + z0)
-            for m, x in results.items():
-                rio.save_npy(run_dir / f"{stem}_{tags[m]}.npy", x)
-            rio.save_npy(run_dir / f"{stem}_measurement.npy", y)
-            record = dict(z0=z0, z1=z1, seconds=secs, calls=calls,
-                          errors={m: _errors(x, gt) for m, x in results.items()})
-            misc.atomic_write_json(marker, record)
-            records.append(record)
-            bar.update(1)
-    finally:
-        bar.close()
-    stems = [f"{vol.name}_{_slab_tag(z0, z1)}" for z0, z1 in bounds]
+    stems = [_slab_stem(vol, z0, z1) for z0, z1 in bounds]
+    missing = [s for s in stems if not (run_dir / f"{s}_metrics.json").is_file()]
+    if missing:
+        raise RuntimeError(f"{run_dir}: slab marker {missing[0]}_metrics.json is missing "
+                           f"({len(missing)} of {len(stems)} slabs unfinished); resume={run_dir} solves them")
+    records = [json.loads((run_dir / f"{s}_metrics.json").read_text()) for s in stems]
     for f in [*(f"{vol.name}_{t}.npy" for t in [*tags.values(), "measurement"]), f"{vol.name}_views.png"]:
         (run_dir / f).unlink(missing_ok=True)  # volume files of a run killed before the volume's marker
     files = {}
@@ -334,16 +361,27 @@ def reconstruct_volume(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first
     return record
 
 
+def _describe_slabs(volumes: list[rio.Volume], slabs: list) -> str:
+    return ", ".join(_slab_stem(volumes[k], z0, z1) for k, z0, z1 in slabs) or "none"
+
+
 def run_volume(cfg: ReconConfig) -> dict:
-    """Reconstruct every volume of ``cfg.input``; write the run directory; return the summary."""
+    """Reconstruct every volume of ``cfg.input``; write the run directory; return the summary.
+
+    Under torchrun the slabs still to solve are split across the ranks (slab k of the pending
+    ones on rank k mod world); rank 0 makes the one run directory and, once every rank
+    finished, assembles the volumes and writes the summary; every rank returns it."""
+    with joined(cfg.device) as ranks:
+        return _run_volume(cfg, ranks)
+
+
+def _run_volume(cfg: ReconConfig, ranks: RankGroup) -> dict:
     from inverse.prior import check_prior_geometry
     from inverse.reconstruct import open_run_dir
-    from torch_utils import distributed as ddp
 
     if cfg.input is None:
         raise ValueError("--volume reconstructs ground-truth volumes: give --input (not --measurements)")
-    device = torch.device(cfg.device)
-    verbose = cfg.progress
+    verbose = cfg.progress and ranks.rank == 0
     misc.check_writable(cfg.resume if cfg.resume else cfg.outdir)
     volumes = [rio.open_volume(s, cfg.mat_key, cfg.normalize, cfg.hu_window)
                for s in rio.list_volume_sources(cfg.input)]
@@ -353,28 +391,53 @@ def run_volume(cfg: ReconConfig) -> dict:
                              f"{cfg.image_size[0]}x{cfg.image_size[1]}")
         check_prior_geometry(cfg.prior, cfg.pad, cfg.psize, {tuple(v.shape[1:])})
     slab_bounds(1, cfg.slab)
-    ctx = VolumeContext(cfg, device, {tuple(v.shape[1:]) for v in volumes}, verbose)
+    ctx = VolumeContext(cfg, ranks.device, {tuple(v.shape[1:]) for v in volumes}, verbose)
     cfg = ctx.cfg  # with the chosen grid
     for v in volumes:  # operators (and their errors, e.g. cone beam on CPU) before any work
         for n in sorted({z1 - z0 for z0, z1 in slab_bounds(v.shape[0], cfg.slab)}):
             ctx.operator(tuple(v.shape[1:]), n)
-    run_dir = open_run_dir(cfg, "-volume")
+
+    def open_and_plan():  # rank 0: the run directory (resume: checked, temporaries removed), the plan
+        run_dir = open_run_dir(cfg, "-volume")
+        if not cfg.resume:
+            misc.atomic_write_json(run_dir / "config.json", cfg.replace(run_dir=str(run_dir)).to_dict())
+        return str(run_dir), pending_slabs(volumes, run_dir, cfg.slab)
+
+    run_dir, pending = ranks.on_rank0(open_and_plan)
+    run_dir = Path(run_dir)
     cfg = cfg.replace(run_dir=str(run_dir))
-    if not cfg.resume:
-        misc.atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    records, first = [], 0
-    for v in volumes:
-        done = run_dir / f"{v.name}_metrics.json"
-        records.append(json.loads(done.read_text()) if done.is_file()
-                       else reconstruct_volume(ctx, v, run_dir, first, verbose))
-        first += v.shape[0]
-    summary = _write_summary(run_dir, records, cfg)
-    if verbose:
-        print(format_volume_table(summary))
-        print(f"results in {run_dir}")
-    if ddp.is_initialized():
-        print("note: --volume runs on one process; other ranks were idle", file=sys.stderr)
-    return summary
+    firsts = np.cumsum([0] + [v.shape[0] for v in volumes]).tolist()  # global index of each volume's first slice
+    mine = ranks.share(pending)
+    if ranks.world > 1:
+        print(f"rank {ranks.rank} of {ranks.world}: {len(mine)} of {len(pending)} pending slab(s): "
+              f"{_describe_slabs(volumes, mine)}", file=sys.stderr, flush=True)
+
+    def solve_mine():
+        bar = tqdm(total=len(mine), desc="slabs", unit="slab", disable=not verbose or ranks.world > 1)
+        try:
+            for k, z0, z1 in mine:
+                record = solve_slab_files(ctx, volumes[k], run_dir, firsts[k], z0, z1)
+                if ranks.world > 1 and cfg.progress:
+                    print(f"rank {ranks.rank}: {_slab_stem(volumes[k], z0, z1)} done in "
+                          f"{sum(record['seconds'].values()):.1f} s", file=sys.stderr, flush=True)
+                bar.update(1)
+        finally:
+            bar.close()
+
+    ranks.on_every_rank(solve_mine)
+
+    def assemble_and_summarize():  # rank 0, after every rank finished its slabs
+        records = []
+        for v in volumes:
+            done = run_dir / f"{v.name}_metrics.json"
+            records.append(json.loads(done.read_text()) if done.is_file() else assemble_volume(cfg, v, run_dir))
+        summary = _write_summary(run_dir, records, cfg)
+        if verbose:
+            print(format_volume_table(summary))
+            print(f"results in {run_dir}")
+        return summary
+
+    return ranks.on_rank0(assemble_and_summarize)
 
 
 def _write_summary(run_dir: Path, records: list[dict], cfg: ReconConfig) -> dict:
