@@ -9,10 +9,12 @@ some inputs failed and the others were reconstructed (listed in summary.json and
 
 from __future__ import annotations
 
+import os
+
 import click
 import torch
 
-from dnnlib.cli import fail, run_or_fail
+from dnnlib.cli import fail, run_or_fail, to_flags
 from dnnlib.paper_cli import HintChoice, PaperCommand, paper_options
 from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT, TV_WEIGHTS
 from inverse.cli import (
@@ -31,6 +33,7 @@ from inverse.operators import OPERATORS
 from inverse.paper_cli import RECON_OPTIONS, SOLVER_HINTS, apply_recon_options, recon_summary
 from inverse.prior import PRIOR_BUILDERS
 from inverse.samplers import SAMPLERS
+from torch_utils.misc import bf16_cpu_warning
 
 
 @click.command(context_settings=dict(show_default=True, help_option_names=["-h", "--help"]), cls=PaperCommand,
@@ -142,6 +145,9 @@ def main(**opts):
     if opts["precision"] == "fp16" and not device.startswith("cuda"):
         raise click.BadParameter(f"fp16 needs a CUDA device (--device is {device}); use bf16 on CPU",
                                  param_hint="'--precision'")
+    bf16_slow = bf16_cpu_warning(opts["precision"], device)
+    if bf16_slow and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        click.echo(f"warning: {to_flags(bf16_slow)}", err=True)
     network = check_network(opts["network"])
     cfg = ReconConfig(
         network=network, input=input_, measurements=measurements,

@@ -103,7 +103,8 @@ def main(**opts):
     Exit codes: 2 usage errors, 1 failures (one line; the traceback only with --debug),
     128 + signal after SIGTERM/SIGINT (a training state was written).
     """
-    from dnnlib.cli import run_or_fail
+    from dnnlib.cli import run_or_fail, to_flags
+    from torch_utils.misc import bf16_cpu_warning
     from training import training_loop
 
     ctx = click.get_current_context()
@@ -135,6 +136,9 @@ def main(**opts):
     cfg = run_or_fail(training_loop.resolve_config, cfg, opts["debug"])
     if paper and os.environ.get("RANK", "0") == "0":  # once under torchrun
         click.echo(train_summary(ctx, cfg, paper), err=True)
+    bf16_slow = bf16_cpu_warning(cfg["precision"], cfg["device"])
+    if bf16_slow and os.environ.get("RANK", "0") == "0":
+        click.echo(f"warning: {to_flags(bf16_slow)}", err=True)
     if opts["dry_run"]:
         click.echo(json.dumps(cfg, indent=2))
         return
