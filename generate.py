@@ -11,13 +11,13 @@ directory. Parses and validates options, then calls ``inverse.generate.run``.
 from __future__ import annotations
 
 import click
-import torch
 
 from dnnlib.cli import run_or_fail
 from inverse.cli import check_network, parse_size, patch_grid_options, pick_prior
 from inverse.generate import EDM_METHODS, parse_int_list
 from inverse.generate import run as generate_run
 from inverse.prior import PRIOR_BUILDERS
+from torch_utils.device import default_device
 
 
 def parse_seeds(ctx, param, value):
@@ -47,7 +47,7 @@ def main(debug, **opts):
     """Sample whole images from a patch prior and write them as a PNG grid."""
     network = check_network(opts["network"])
     cfg = dict(opts, network=network, prior=pick_prior(opts["prior"], network),
-               device=opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+               device=opts["device"] or default_device())
     run_or_fail(generate_run, cfg, debug)
 
 

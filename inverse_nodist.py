@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import click
-import torch
 
 from dnnlib.cli import fail, run_or_fail, to_flags
 from dnnlib.paper_cli import HintChoice, PaperCommand, paper_options
@@ -33,6 +32,7 @@ from inverse.operators import OPERATORS
 from inverse.paper_cli import RECON_OPTIONS, SOLVER_HINTS, apply_recon_options, recon_summary
 from inverse.prior import PRIOR_BUILDERS
 from inverse.samplers import SAMPLERS
+from torch_utils.device import default_device
 from torch_utils.misc import bf16_cpu_warning
 
 
@@ -141,7 +141,7 @@ def main(**opts):
     if opts["problem"] == "ct_cone" and not opts["volume"]:
         raise click.UsageError("--problem ct_cone projects volumes: add --volume")
     problem_kwargs = problem_options(opts)
-    device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = opts["device"] or default_device()
     if opts["precision"] == "fp16" and not device.startswith("cuda"):
         raise click.BadParameter(f"fp16 needs a CUDA device (--device is {device}); use bf16 on CPU",
                                  param_hint="'--precision'")

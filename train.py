@@ -13,6 +13,8 @@ import sys
 import click
 
 from dnnlib.paper_cli import HintChoice, PaperCommand, given, paper_options
+from training.augment import AugmentSpec
+from training.config import TrainConfig
 from training.networks import ARCHS
 from training.paper_cli import TRAIN_OPTIONS, apply_train_options, train_summary
 
@@ -36,64 +38,68 @@ def _float_pair(value: str, name: str) -> tuple[float, float]:
     return lo, hi
 
 
+D = TrainConfig.default  # every option's default is its config field's (training.config, written once)
+AUG = AugmentSpec.from_dict(D("augment"))  # the --aug-* defaults: augmentation off
+
+
 @click.command(context_settings=dict(show_default=True, max_content_width=110, help_option_names=["-h", "--help"]),
                cls=PaperCommand)
-@click.option("--outdir", default="runs", metavar="DIR", help="Parent directory of the run directories.")
+@click.option("--outdir", default=D("outdir"), metavar="DIR", help="Parent directory of the run directories.")
 @click.option("--data", required=True, metavar="PATH", help="Training images: directory, file or zip.")
-@click.option("--mat-key", default="images", help="Variable name in .mat/.npz files.")
-@click.option("--normalize", is_flag=True, help="Min-max scale each image to [0, 1].")
-@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images.")
-@click.option("--xflip", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+@click.option("--mat-key", default=D("mat_key"), help="Variable name in .mat/.npz files.")
+@click.option("--normalize", is_flag=True, default=D("normalize"), help="Min-max scale each image to [0, 1].")
+@click.option("--max-images", type=click.IntRange(min=1), default=D("max_images"), help="Use at most N images.")
+@click.option("--xflip", type=click.BOOL, is_flag=False, flag_value=True, default=D("xflip"),
               help="Augment with left-right mirror images (the data set doubles; the paper's --xflip=1 too).")
-@click.option("--aug-p", type=click.FloatRange(0, 1), default=0.0,
+@click.option("--aug-p", type=click.FloatRange(0, 1), default=AUG.p,
               help="Augment: probability that a training patch comes from a transformed image (0 = off).")
-@click.option("--aug-rotate", type=click.FloatRange(0, 180), default=0.0,
+@click.option("--aug-rotate", type=click.FloatRange(0, 180), default=AUG.rotate,
               help="Augment: max |rotation|, degrees (180 = any angle).")
-@click.option("--aug-zoom", default="1,1", metavar="MIN,MAX", callback=lambda c, p, v: _float_pair(v, "--aug-zoom"),
+@click.option("--aug-zoom", default=f"{AUG.zoom_min:g},{AUG.zoom_max:g}", metavar="MIN,MAX", callback=lambda c, p, v: _float_pair(v, "--aug-zoom"),
               help="Augment: zoom range, log-uniform (1/pixel-spacing factor; 0.7,1.4 = spacing 0.71x-1.43x).")
-@click.option("--aug-gain", type=click.FloatRange(min=1), default=1.0,
+@click.option("--aug-gain", type=click.FloatRange(min=1), default=AUG.gain,
               help="Augment: intensity gain, log-uniform in [1/G, G] (another HU window).")
-@click.option("--aug-offset", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+@click.option("--aug-offset", type=click.FloatRange(0, 1, max_open=True), default=AUG.offset,
               help="Augment: intensity offset, uniform in [-O, O] (image units; 0.01 = 30 HU).")
 @click.option("--arch", type=HintChoice(sorted(ARCHS), adm="the paper's ADM (DhariwalUNet) is not implemented; "
                                       "use ddpmpp (the paper's CT prior) or ncsnpp"),
-              default="small", help="Network architecture.")
+              default=D("arch"), help="Network architecture.")
 @click.option("--cbase", type=click.IntRange(min=1), default=None, help="Override model_channels.")
 @click.option("--cres", callback=_int_list, default=None, help="Override channel_mult, e.g. 1,2,2.")
 @click.option("--blocks", type=click.IntRange(min=1), default=None, help="Override num_blocks.")
 @click.option("--attn", callback=_int_list, default=None, help="Override attn_resolutions ('' = none).")
 @click.option("--dropout", type=click.FloatRange(0, 1), default=None, help="Override dropout.")
-@click.option("--batch", type=click.IntRange(min=1), default=None,
+@click.option("--batch", type=click.IntRange(min=1), default=D("batch"),
               help="Base batch over all processes; a step has batch x batch_mul(p) patches  [default: 1 per process].")
-@click.option("--batch-mul-base", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--batch-mul-base", type=click.IntRange(min=1), default=D("batch_mul_base"), show_default=True,
               help="batch_mul(p) = base x largest/p: 64/32/16 patches of 16/32/64 per base image (paper).")
-@click.option("--batch-gpu", type=click.IntRange(min=1), default=None,
+@click.option("--batch-gpu", type=click.IntRange(min=1), default=D("batch_gpu"),
               help="Per-process microbatch limit (gradient accumulation).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, help="Learning rate.")
-@click.option("--lr-rampup", type=click.FloatRange(min=0), default=1.0, help="Lr warm-up, kimg (thousands of training patches).")
-@click.option("--ema", type=click.FloatRange(min=0), default=0.5, help="EMA half-life, kimg (thousands of training patches).")
-@click.option("--ema-rampup", type=click.FloatRange(min=0), default=0.05, help="EMA ramp-up ratio (0 = off).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=0.01, help="Training length, Mimg: millions of training patches (each patch counts as "
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D("lr"), help="Learning rate.")
+@click.option("--lr-rampup", type=click.FloatRange(min=0), default=D("lr_rampup_kimg"), help="Lr warm-up, kimg (thousands of training patches).")
+@click.option("--ema", type=click.FloatRange(min=0), default=D("ema_halflife_kimg"), help="EMA half-life, kimg (thousands of training patches).")
+@click.option("--ema-rampup", type=click.FloatRange(min=0), default=D("ema_rampup_ratio"), help="EMA ramp-up ratio (0 = off).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=D("duration_mimg"), help="Training length, Mimg: millions of training patches (each patch counts as "
               "one image; a step has batch x batch_mul patches, e.g. 16-64 per base image).")
-@click.option("--tick", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Stats interval, kimg (thousands of training patches).")
-@click.option("--snap", type=click.IntRange(min=0), default=10, help="Ticks between network snapshots.")
-@click.option("--dump", type=click.IntRange(min=0), default=10, help="Ticks between training states.")
-@click.option("--seed", type=int, default=0, help="Random seed.")
-@click.option("--real-p", type=click.FloatRange(0, 1), default=0.5, help="Probability of the largest patch.")
-@click.option("--pad-width", type=click.IntRange(min=0), default=64, help="Zero padding per side, pixels.")
-@click.option("--patch-sizes", default="16,32,64", help="Patch sizes, or 'whole' (use --pad-width 0).")
-@click.option("--no-pos", is_flag=True, help="No position channels (ablation: a plain EDM denoiser on patches).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Autocast.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0 = default).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda if available.")
-@click.option("--transfer", default=None, metavar="PKL|SAFETENSORS",
+@click.option("--tick", type=click.FloatRange(min=0, min_open=True), default=D("tick_kimg"), help="Stats interval, kimg (thousands of training patches).")
+@click.option("--snap", type=click.IntRange(min=0), default=D("snap_ticks"), help="Ticks between network snapshots.")
+@click.option("--dump", type=click.IntRange(min=0), default=D("dump_ticks"), help="Ticks between training states.")
+@click.option("--seed", type=int, default=D("seed"), help="Random seed.")
+@click.option("--real-p", type=click.FloatRange(0, 1), default=D("real_p"), help="Probability of the largest patch.")
+@click.option("--pad-width", type=click.IntRange(min=0), default=D("pad_width"), help="Zero padding per side, pixels.")
+@click.option("--patch-sizes", default=",".join(map(str, D("patch_sizes"))), help="Patch sizes, or 'whole' (use --pad-width 0).")
+@click.option("--no-pos", is_flag=True, default=not D("positional"), help="No position channels (ablation: a plain EDM denoiser on patches).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=D("precision"), help="Autocast.")
+@click.option("--workers", type=click.IntRange(min=0), default=D("workers"), help="CPU threads for torch (0 = default).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=D("device"), help="Default: cuda if available.")
+@click.option("--transfer", default=D("transfer"), metavar="PKL|SAFETENSORS",
               help="Fine-tune this network (its architecture; --arch/--cbase/... ignored) on --data.")
-@click.option("--resume", default=None, metavar="PATH|auto",
+@click.option("--resume", default=D("resume"), metavar="PATH|auto",
               help="Training-state file, or 'auto': the newest run of the same name (--desc) in --outdir.")
-@click.option("--max-nonfinite", type=click.IntRange(min=1), default=10,
+@click.option("--max-nonfinite", type=click.IntRange(min=1), default=D("max_nonfinite"),
               help="Stop after N non-finite losses in a row.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--desc", default=None, help="Run directory suffix.")
+@click.option("--no-progress", is_flag=True, default=not D("progress"), help="No progress bar.")
+@click.option("--desc", default=D("desc"), help="Run directory suffix.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @paper_options(TRAIN_OPTIONS)

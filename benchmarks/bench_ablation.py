@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 import bench_quality as bq  # noqa: E402
 
 from torch_utils import misc  # noqa: E402
+from torch_utils.device import default_device  # noqa: E402
 
 PROBLEM = "ct_parbeam_20"
 
@@ -161,7 +162,7 @@ def main(network, psizes, models, images, exclude, slices, method, outdir, devic
     extra = [parse_model(m) for m in models]
     if not sweep and not extra:
         raise click.UsageError("nothing to run: give --psizes and/or --model")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     files = bq.select_images(Path(images), [e.strip() for e in exclude.split(",") if e.strip()], slices)
     bench = misc.new_run_dir(outdir, "ablation")
     click.echo(f"ablation directory {bench}; {len(files)} image(s)")

@@ -102,7 +102,8 @@ def main(network, arch, ks_text, n_images, steps, device, threads, out):
     ks = _ks(ks_text)
     if threads:
         torch.set_num_threads(threads)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from torch_utils.device import default_device
+    device = torch.device(device or default_device())
     files = eval_slice_files()[:n_images]
     if len(files) < n_images:
         raise click.BadParameter(f"{n_images}: only {len(files)} held-out slices in {HELD_OUT}",

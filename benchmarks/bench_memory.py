@@ -121,8 +121,8 @@ def main(worker_spec, sizes, priors, out, max_gb, safety, **opts):
     if worker_spec:
         print(json.dumps(worker(json.loads(worker_spec))))
         return
-    import torch
-    opts["device"] = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    from torch_utils.device import default_device
+    opts["device"] = opts["device"] or default_device()
     sizes = sorted(int(s) for s in sizes.split(","))
     names = [p.strip() for p in priors.split(",") if p.strip()]
     if any(p not in ("patch", "whole") for p in names):

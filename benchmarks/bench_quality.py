@@ -45,6 +45,7 @@ from inverse.baselines import TV_TOL  # noqa: E402  (after the path insert, as i
 from inverse.cases import CASES, EVAL_SLICES, Case, stage_images  # noqa: E402
 from inverse.config import ReconConfig  # noqa: E402
 from torch_utils import misc  # noqa: E402
+from torch_utils.device import default_device  # noqa: E402
 
 # problem name -> its Case (inverse.cases; the inputs are --images, not the case's source). The
 # demo's cases plus 8-view CT; TV weights tuned on tuning slice 055 (benchmarks/tune_tv.py --set quality).
@@ -399,7 +400,7 @@ def main(network, whole_network, images, exclude, slices, expensive_slices, expe
         click.echo("no --whole-network: skipping the whole-image diffusion baseline", err=True)
     if {"fbp", "tv"} & set(methods) and DEFAULT_METHOD not in methods:
         methods.append(DEFAULT_METHOD)  # the baselines come from the default cell's run
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     caps = dict(steps=2, inner=1, tv_iters=3) if smoke else {}
     caps.update(pad=pad, psize=psize, parallel_baselines=parallel_baselines)
     networks = dict(patch=network, whole=whole_network)

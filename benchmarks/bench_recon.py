@@ -262,7 +262,8 @@ def main(worker_cfg, solvers, out, **opts):
     bad = [s for s in names if s not in SAMPLERS]
     if bad:
         raise click.BadParameter(f"unknown solver {bad[0]!r}; expected {sorted(SAMPLERS)}", param_hint="--solvers")
-    opts["device"] = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    from torch_utils.device import default_device
+    opts["device"] = opts["device"] or default_device()
     results = []
     for name in names:
         cfg = dict(opts, solver=name)

@@ -195,7 +195,8 @@ def main(out, **opts):
     """Median seconds per denoiser call for each variant, timed interleaved; table + JSON."""
     for v in opts["variants"].split(","):
         parse_variant(v)
-    opts["device"] = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    from torch_utils.device import default_device
+    opts["device"] = opts["device"] or default_device()
     with contextlib.redirect_stdout(sys.stderr):
         result = run(opts)
     click.echo(format_table(result))

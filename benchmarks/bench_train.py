@@ -145,8 +145,8 @@ def main(arch, steps, batch, whole_batch, resolution, pad, device, threads, patc
         print(json.dumps(_measure(json.loads(worker))))
         return
     if device is None:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from torch_utils.device import default_device
+        device = default_device()
     from training.patch_loss import WHOLE, batch_multipliers
 
     precisions = [p.strip() for p in precision.split(",") if p.strip()]

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from inverse.operators import NORM_CACHE, make_operator  # noqa: E402  (after the path insert)
 from odlstuff import geometry as geo  # noqa: E402
+from torch_utils.device import default_device  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -154,7 +155,7 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the rows as JSON here")
 def main(device, size, slices, repeats, steps, z_coupling, network, skip_recon, out):
     """Time the volume path's operators and one volume reconstruction; print one table."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or default_device())
     rows = projector_rows(device, size, slices, repeats) + norm_rows(device, size)
     if not skip_recon:
         with tempfile.TemporaryDirectory() as tmp:

@@ -136,8 +136,8 @@ class ReconConfig:
         if self.tv_weight is None:
             changes["tv_weight"] = default_tv_weight(self.problem)
         if self.device is None:
-            import torch
-            changes["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+            from torch_utils.device import default_device
+            changes["device"] = default_device()
         defaults = SCHEDULE_DEFAULTS.get(self.solver)
         if defaults is not None:
             for k in ("steps", "sigma_min", "sigma_max"):

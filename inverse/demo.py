@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 from inverse.cases import CASES, EVAL_SLICES, stage_eval_slices
 from inverse.config import ReconConfig
 from torch_utils import misc
+from torch_utils.device import default_device
 
 # The solver settings of the demo (those of the CLI default): DiffPIR-style, 20 levels from
 # pinv(y) + noise at sigma_max, a CG data-proximal step whose weight grows as the noise level
@@ -83,7 +83,7 @@ def main(network, outdir, device, seed, pad, psize, cases):
         raise click.BadParameter(f"unknown case {unknown[0]!r}; expected some of {', '.join(CASES)}",
                                  param_hint="'--cases'")
     network = check_network(network)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     demo_dir = misc.new_run_dir(outdir, "demo")
     click.echo(f"network {network}; device {device}; writing to {demo_dir}")
     results, t0 = {}, time.perf_counter()

@@ -1,6 +1,7 @@
 """Training loop of the patch prior: data, DDP, EMA, snapshots, exact resume, stats.
 
-``run(cfg)`` takes the config dict built by ``train.py`` (keys of :data:`DEFAULTS`).
+``run(cfg)`` takes a :class:`training.config.TrainConfig` or a dict of its fields (the one
+``train.py`` builds).
 
 Counting: ``nimg`` counts training images (= patches, one patch per image); a step with
 patch size p draws ``batch * batch_mul(p)`` of them (``training.patch_loss``). ``--duration``
@@ -38,66 +39,25 @@ import resource
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from torch_utils import distributed as dist
 from torch_utils import misc
-from training.augment import AugmentSpec
+from training.config import TrainConfig
 from training.dataset import ImageDataset
 from training.networks import PRECISIONS, build_network
 from training.patch_loss import (
     WHOLE,
     PatchEDMLoss,
     batch_multipliers,
-    parse_patch_sizes,
     patch_probabilities,
     patch_shape,
     sample_patch_size,
 )
 from training.resume_check import state_mismatch
-
-DEFAULTS: dict[str, Any] = dict(
-    outdir="runs",               # Parent of the run directories.
-    desc=None,                   # Run directory suffix (default: built from the config).
-    data=None,                   # Training images: directory or file (training.dataset formats).
-    mat_key="images",            # Variable name in .mat/.npz files.
-    normalize=False,             # Min-max scale each image to [0, 1].
-    xflip=False,                 # Augment: the data set doubled by left-right mirror images.
-    max_images=None,             # Use at most this many images.
-    arch="small",                # Name in training.networks.ARCHS.
-    arch_overrides={},           # SongUNet kwargs replacing those of the arch.
-    transfer=None,               # Start from this network file (its architecture; arch ignored) and fine-tune.
-    batch=None,                  # Base batch over all processes (None: 1 per process); x batch_mul(p) patches.
-    batch_mul_base=16,           # batch_mul(p) = base * largest/p: 64/32/16 for 16/32/64 (paper).
-    batch_gpu=None,              # Per-process microbatch in base images (None: no accumulation).
-    lr=2e-4,                     # Adam learning rate.
-    lr_rampup_kimg=1.0,          # Linear lr warm-up (kimg); 0 = none.
-    ema_halflife_kimg=0.5,       # EMA half-life (kimg).
-    ema_rampup_ratio=0.05,       # EMA half-life <= this ratio * images seen (None: off).
-    duration_mimg=0.01,          # Training length (Mimg).
-    tick_kimg=1.0,               # Stats interval (kimg).
-    snap_ticks=10,               # Network snapshot every N ticks (and at the end).
-    dump_ticks=10,               # Training state every N ticks (and at the end).
-    seed=0,                      # Random seed.
-    real_p=0.5,                  # Probability of the largest patch size.
-    pad_width=64,                # Zero padding on each side of the image (pixels).
-    patch_sizes=[16, 32, 64],    # Patch sizes (ints ascending, or ['whole']).
-    positional=True,             # Position channels (False: ablation; always False for 'whole').
-    precision="fp32",            # fp32 | bf16 | fp16 (autocast; GradScaler for fp16 on CUDA).
-    workers=0,                   # CPU threads for torch (0: torch default).
-    device=None,                 # cpu | cuda (default: cuda if available).
-    resume=None,                 # Training-state file, 'auto', or None.
-    max_nonfinite=10,            # Stop after this many non-finite losses in a row.
-    loss_kwargs=dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5),  # EDM loss settings.
-    augment={},                  # training.augment.AugmentSpec fields (rotation, zoom, window); {}: off.
-    adam_betas=[0.9, 0.999],     # Adam betas.
-    adam_eps=1e-8,               # Adam epsilon.
-    progress=True,               # tqdm progress bar on rank 0.
-)
 
 _STATE_RE = re.compile(r"^training-state-(\d+)\.pt$")
 DEBUG_CHECKSUM_ENV = "PADIS_DEBUG_CHECKSUM_DIR"  # test-only: each rank writes a parameter checksum
@@ -160,43 +120,29 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def resolve_config(cfg: dict | None = None, **kwargs) -> dict:
-    """Defaults + cfg + kwargs, with patch sizes parsed and values checked."""
-    unknown = set(cfg or {}) | set(kwargs)
-    unknown -= set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; expected some of {sorted(DEFAULTS)}")
-    c = copy.deepcopy(DEFAULTS)
-    c.update(copy.deepcopy(cfg or {}))
-    c.update(kwargs)
-    if c["data"] is None:
-        raise ValueError("config: 'data' (training images) is required")
-    c["patch_sizes"] = parse_patch_sizes(c["patch_sizes"])
-    if c["precision"] not in PRECISIONS:
-        raise ValueError(f"precision={c['precision']!r}; expected one of {sorted(PRECISIONS)}")
-    for key in ("tick_kimg", "duration_mimg", "batch_mul_base"):
-        if not c[key] or c[key] <= 0:
-            raise ValueError(f"config: {key} must be positive, got {c[key]}")
-    if c["pad_width"] < 0:
-        raise ValueError(f"--pad-width must be >= 0, got {c['pad_width']}")
-    patch_probabilities(len(c["patch_sizes"]), c["real_p"])
-    c["augment"] = asdict(AugmentSpec.from_dict(c["augment"]))  # checked; every field written to config.json
-    if c["device"] is None:
-        c["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    return c
+def resolve_config(cfg: dict | TrainConfig | None = None, **kwargs) -> dict:
+    """Defaults + cfg + kwargs, checked and with defaults that need no data filled
+    (``TrainConfig.resolved``), as a dict: what ``train.py --dry-run`` prints."""
+    return _resolve(cfg, kwargs).to_dict()
+
+
+def _resolve(cfg: dict | TrainConfig | None, kwargs: dict) -> TrainConfig:
+    values = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg or {})
+    values.update(kwargs)
+    return TrainConfig.from_dict(values).resolved()
 
 
 # ----------------------------------------------------------------------------------------
 # The loop
 
 
-def run(cfg: dict | None = None, **kwargs) -> dict:
+def run(cfg: dict | TrainConfig | None = None, **kwargs) -> dict:
     """Train; returns ``dict(run_dir, step, nimg, interrupted)``. See the module docstring."""
-    c = resolve_config(cfg, **kwargs)
-    device = dist.init(c["device"])
+    c = _resolve(cfg, kwargs)
+    device = dist.init(c.device)
     threads = torch.get_num_threads()
-    if c["workers"]:
-        torch.set_num_threads(int(c["workers"]))
+    if c.workers:
+        torch.set_num_threads(int(c.workers))
     try:
         return _run(c, device)
     finally:
@@ -238,7 +184,7 @@ class _TickStats:
 class _Training:
     """Everything the steps and ticks of one run share."""
 
-    c: dict
+    c: TrainConfig  # resolved, with batch set
     device: torch.device
     rank: int
     world: int
@@ -273,14 +219,15 @@ class _Training:
                              cpu=[s["cpu"] for s in streams], cuda=[s["cuda"] for s in streams]))
 
 
-def _run(c: dict, device: torch.device) -> dict:
+def _run(c: TrainConfig, device: torch.device) -> dict:
     rank, world = dist.rank(), dist.world_size()
-    rounds, batch_gpu = _batch_geometry(c, world)
+    batch, rounds, batch_gpu = _batch_geometry(c, world)
+    c = c.replace(batch=batch)
     resume_path, reuse_dir = _resume_source(c, rank)
     if rank == 0:  # fail before any work if the outputs cannot be written
-        misc.check_writable(reuse_dir or c["outdir"])
-    dataset = ImageDataset(c["data"], mat_key=c["mat_key"], normalize=c["normalize"], max_images=c["max_images"],
-                           xflip=c["xflip"])
+        misc.check_writable(reuse_dir or c.outdir)
+    dataset = ImageDataset(c.data, mat_key=c.mat_key, normalize=c.normalize, max_images=c.max_images,
+                           xflip=c.xflip)
     t = _set_up_training(c, device, rank, world, rounds, batch_gpu, dataset)
     progress = _restore(t, resume_path, dataset) if resume_path is not None else Progress()
     run_dir, cfg_out = _open_run_dir(t, dataset, reuse_dir, resume_path, progress)
@@ -310,68 +257,68 @@ def _run(c: dict, device: torch.device) -> dict:
     return dict(run_dir=run_dir, step=progress.step, nimg=progress.nimg, interrupted=int(interrupted))
 
 
-def _batch_geometry(c: dict, world: int) -> tuple[int, int]:
-    """(microbatches per step, base images per microbatch); sets ``c['batch']`` if None."""
-    if c["batch"] is None:
-        c["batch"] = world
-    if c["batch"] <= 0:
-        raise ValueError(f"batch must be positive, got {c['batch']}")
-    if c["batch"] % world:
-        raise ValueError(f"batch={c['batch']} is not divisible by the {world} processes")
-    batch_rank = c["batch"] // world
-    batch_gpu = c["batch_gpu"] or batch_rank
+def _batch_geometry(c: TrainConfig, world: int) -> tuple[int, int, int]:
+    """(base batch over all processes: ``c.batch``, or one per process if None; microbatches
+    per step; base images per microbatch). ``c`` is not changed."""
+    batch = world if c.batch is None else c.batch
+    if batch <= 0:
+        raise ValueError(f"batch must be positive, got {batch}")
+    if batch % world:
+        raise ValueError(f"batch={batch} is not divisible by the {world} processes")
+    batch_rank = batch // world
+    batch_gpu = c.batch_gpu or batch_rank
     if batch_rank % batch_gpu:
         raise ValueError(f"batch_gpu={batch_gpu} does not divide the per-process batch {batch_rank}")
-    return batch_rank // batch_gpu, batch_gpu
+    return batch, batch_rank // batch_gpu, batch_gpu
 
 
-def _resume_source(c: dict, rank: int) -> tuple[Path | None, Path | None]:
-    """(training state to resume from, run directory to continue in) for ``c['resume']``."""
-    if c["resume"] == "auto":
-        desc = c["desc"] or _default_desc(c)
-        found = dist.broadcast_object(str(find_latest_state(c["outdir"], desc) or "") if rank == 0 else None)
+def _resume_source(c: TrainConfig, rank: int) -> tuple[Path | None, Path | None]:
+    """(training state to resume from, run directory to continue in) for ``c.resume``."""
+    if c.resume == "auto":
+        desc = c.desc or _default_desc(c)
+        found = dist.broadcast_object(str(find_latest_state(c.outdir, desc) or "") if rank == 0 else None)
         if found:
             return Path(found), Path(found).parent
         return None, None
-    if c["resume"]:
-        path = Path(c["resume"])
+    if c.resume:
+        path = Path(c.resume)
         if not path.is_file():
             raise FileNotFoundError(f"resume={path}: training state not found")
         return path, None
     return None, None
 
 
-def _set_up_training(c: dict, device: torch.device, rank: int, world: int, rounds: int, batch_gpu: int,
+def _set_up_training(c: TrainConfig, device: torch.device, rank: int, world: int, rounds: int, batch_gpu: int,
                      dataset: ImageDataset) -> _Training:
     """Patch geometry, network (identical initialisation on every rank), EMA, loss, optimizer
     and the random streams, seeded."""
     height, width = dataset.resolution
-    pad, sizes = c["pad_width"], c["patch_sizes"]
+    pad, sizes = c.pad_width, c.patch_sizes
     canvas = (height + 2 * pad, width + 2 * pad)
-    probs = patch_probabilities(len(sizes), c["real_p"])
-    batch_mul = batch_multipliers(sizes, canvas=max(canvas), base=c["batch_mul_base"])
+    probs = patch_probabilities(len(sizes), c.real_p)
+    batch_mul = batch_multipliers(sizes, canvas=max(canvas), base=c.batch_mul_base)
     images = dataset.shard(rank, world).images.to(device)
-    torch.manual_seed(c["seed"])
-    positional = c.get("positional", True) and sizes != [WHOLE]
-    if c["transfer"]:
-        net = transfer_network(c["transfer"], c["arch_overrides"], dataset.channels, positional).to(device)
+    torch.manual_seed(c.seed)
+    positional = c.positional and sizes != [WHOLE]
+    if c.transfer:
+        net = transfer_network(c.transfer, c.arch_overrides, dataset.channels, positional).to(device)
     else:
-        net = build_network(c["arch"], img_resolution=max(canvas), image_channels=dataset.channels,
-                            positional=positional, **c["arch_overrides"]).to(device)
+        net = build_network(c.arch, img_resolution=max(canvas), image_channels=dataset.channels,
+                            positional=positional, **c.arch_overrides).to(device)
     _check_patch_shapes(net, sizes, (height, width), pad)
     net.train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    loss_fn = PatchEDMLoss(pad_width=pad, augment=c["augment"], **c["loss_kwargs"])
-    opt = torch.optim.Adam(net.parameters(), lr=c["lr"], betas=tuple(c["adam_betas"]), eps=c["adam_eps"])
-    scaler = torch.amp.GradScaler("cuda", enabled=(c["precision"] == "fp16" and device.type == "cuda"))
-    size_gen = torch.Generator().manual_seed(c["seed"])
-    data_gen = torch.Generator(device=device).manual_seed(c["seed"] * 1_000_003 + 7919 * (rank + 1))
-    torch.manual_seed(c["seed"] + 1 + rank)
+    loss_fn = PatchEDMLoss(pad_width=pad, augment=c.augment, **c.loss_kwargs)
+    opt = torch.optim.Adam(net.parameters(), lr=c.lr, betas=tuple(c.adam_betas), eps=c.adam_eps)
+    scaler = torch.amp.GradScaler("cuda", enabled=(c.precision == "fp16" and device.type == "cuda"))
+    size_gen = torch.Generator().manual_seed(c.seed)
+    data_gen = torch.Generator(device=device).manual_seed(c.seed * 1_000_003 + 7919 * (rank + 1))
+    torch.manual_seed(c.seed + 1 + rank)
     if device.type == "cuda":
-        torch.cuda.manual_seed(c["seed"] + 1 + rank)
+        torch.cuda.manual_seed(c.seed + 1 + rank)
     return _Training(c=c, device=device, rank=rank, world=world, rounds=rounds, batch_gpu=batch_gpu,
                      images=images, sizes=sizes, probs=probs, batch_mul=batch_mul, net=net, ema=ema, ddp=net,
-                     loss_fn=loss_fn, opt=opt, scaler=scaler, size_gen=size_gen, data_gen=data_gen, lr=c["lr"])
+                     loss_fn=loss_fn, opt=opt, scaler=scaler, size_gen=size_gen, data_gen=data_gen, lr=c.lr)
 
 
 def _check_patch_shapes(net: torch.nn.Module, sizes: list, image_hw: tuple[int, int], pad: int) -> None:
@@ -388,7 +335,7 @@ def _restore(t: _Training, path: Path, dataset: ImageDataset) -> Progress:
     """Network, EMA, optimizer, scaler and random streams from the training state ``path``
     (which must fit this network, config and data: training.resume_check)."""
     state = _load_state(path)
-    current = dict(t.c, image_channels=dataset.channels, image_resolution=list(dataset.resolution))
+    current = dict(t.c.to_dict(), image_channels=dataset.channels, image_resolution=list(dataset.resolution))
     why = state_mismatch(state, current, t.net, t.ema)
     if why:
         raise ValueError(f"{path}: training state does not match this network/config: {why}")
@@ -421,10 +368,10 @@ def _open_run_dir(t: _Training, dataset: ImageDataset, reuse_dir: Path | None, r
     c, rank = t.c, t.rank
     run_dir = None
     if rank == 0:
-        run_dir = reuse_dir if reuse_dir is not None else misc.new_run_dir(c["outdir"], c["desc"] or _default_desc(c))
+        run_dir = reuse_dir if reuse_dir is not None else misc.new_run_dir(c.outdir, c.desc or _default_desc(c))
     run_dir = Path(dist.broadcast_object(str(run_dir) if run_dir else None))
     height, width = dataset.resolution
-    cfg_out = dict(c, run_dir=str(run_dir), world_size=t.world, resumed_from=str(resume_path or ""),
+    cfg_out = dict(c.to_dict(), run_dir=str(run_dir), world_size=t.world, resumed_from=str(resume_path or ""),
                    image_resolution=[height, width], image_channels=dataset.channels,
                    batch_mul={str(k): v for k, v in t.batch_mul.items()}, patch_probs=t.probs)
     if rank == 0:
@@ -434,7 +381,7 @@ def _open_run_dir(t: _Training, dataset: ImageDataset, reuse_dir: Path | None, r
     t.log = log = _Logger(run_dir if rank == 0 else None)
     log(f"run directory {run_dir}; {len(dataset)} images {dataset.channels}x{height}x{width}, "
         f"{t.world} process(es) on {t.device}; patch sizes {t.sizes} p={[round(p, 3) for p in t.probs]} "
-        f"batch_mul {t.batch_mul}; pad {c['pad_width']}")
+        f"batch_mul {t.batch_mul}; pad {c.pad_width}")
     if resume_path is not None:
         log(f"resumed from {resume_path} at step {progress.step}, {progress.nimg / 1000:.3f} kimg")
     if rank == 0 and reuse_dir is not None:
@@ -447,9 +394,9 @@ def _train(t: _Training, progress: Progress) -> int:
     """Steps until the duration is reached or a signal arrives (then the signal number, else 0);
     a tick ends every ``tick_kimg``, at the end and when stopping."""
     c = t.c
-    total_nimg = int(round(c["duration_mimg"] * 1e6))
+    total_nimg = int(round(c.duration_mimg * 1e6))
     pbar = None
-    if t.rank == 0 and c["progress"]:
+    if t.rank == 0 and c.progress:
         from tqdm import tqdm
         pbar = tqdm(total=total_nimg / 1000, initial=min(progress.nimg, total_nimg) / 1000, unit="kimg",
                     bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}]")
@@ -460,7 +407,7 @@ def _train(t: _Training, progress: Progress) -> int:
             stopping = dist.any_true(stop.signum != 0, t.device) if t.world > 1 else stop.signum != 0
             if stopping and not interrupted:
                 interrupted = stop.signum or signal.SIGTERM
-            tick_due = progress.nimg >= progress.tick_start_nimg + c["tick_kimg"] * 1000
+            tick_due = progress.nimg >= progress.tick_start_nimg + c.tick_kimg * 1000
             if tick.steps and (tick_due or done or stopping):
                 _end_tick(t, progress, tick)
                 tick = _TickStats()
@@ -480,7 +427,7 @@ def _train_step(t: _Training, progress: Progress, tick: _TickStats) -> None:
     c, device = t.c, t.device
     psize = sample_patch_size(t.sizes, t.probs, t.size_gen)
     mul = t.batch_mul[psize]
-    autocast = PRECISIONS[c["precision"]]
+    autocast = PRECISIONS[c.precision]
     t.opt.zero_grad(set_to_none=True)
     step_loss = torch.zeros((), device=device)
     for r in range(t.rounds):
@@ -502,22 +449,22 @@ def _train_step(t: _Training, progress: Progress, tick: _TickStats) -> None:
         warnings.warn(f"non-finite loss at step {progress.step} (patch size {psize}); update skipped "
                       f"({t.nonfinite_run} in a row)")
         t.opt.zero_grad(set_to_none=True)
-        if t.nonfinite_run >= c["max_nonfinite"]:
+        if t.nonfinite_run >= c.max_nonfinite:
             raise RuntimeError(f"training diverged: {t.nonfinite_run} non-finite losses in a row "
-                               f"at step {progress.step} (limit max_nonfinite={c['max_nonfinite']}); "
-                               f"try lr={c['lr'] / 10:g} or precision=fp32")
+                               f"at step {progress.step} (limit max_nonfinite={c.max_nonfinite}); "
+                               f"try lr={c.lr / 10:g} or precision=fp32")
         return
     t.nonfinite_run = 0
-    images_step = c["batch"] * mul
-    ramp = c["lr_rampup_kimg"] * 1000
-    t.lr = c["lr"] * (min((progress.nimg + images_step) / ramp, 1.0) if ramp > 0 else 1.0)
+    images_step = c.batch * mul
+    ramp = c.lr_rampup_kimg * 1000
+    t.lr = c.lr * (min((progress.nimg + images_step) / ramp, 1.0) if ramp > 0 else 1.0)
     for group in t.opt.param_groups:
         group["lr"] = t.lr
     t.scaler.step(t.opt)
     t.scaler.update()
     progress.nimg += images_step
     progress.step += 1
-    _update_ema(t.ema, t.net, progress.nimg, images_step, c["ema_halflife_kimg"], c["ema_rampup_ratio"])
+    _update_ema(t.ema, t.net, progress.nimg, images_step, c.ema_halflife_kimg, c.ema_rampup_ratio)
     if t.world > 1:
         step_loss = step_loss.clone()
         torch.distributed.all_reduce(step_loss)
@@ -539,9 +486,9 @@ def _end_tick(t: _Training, progress: Progress, tick: _TickStats) -> None:
           f"lr {t.lr:.3g} peak_mem {stats['peak_mem_mb']:.0f} MB", stats=stats)
     progress.tick += 1
     progress.tick_start_nimg = progress.nimg  # the state dumped below starts the next tick
-    if c["snap_ticks"] and progress.tick % c["snap_ticks"] == 0:
+    if c.snap_ticks and progress.tick % c.snap_ticks == 0:
         t.writer.snapshot(progress.step, progress.nimg)
-    if c["dump_ticks"] and progress.tick % c["dump_ticks"] == 0:
+    if c.dump_ticks and progress.tick % c.dump_ticks == 0:
         t.writer.state(t.gather_state(progress))
 
 
@@ -557,11 +504,11 @@ def _wrap_ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
                **{sync: False})
 
 
-def _default_desc(c: dict) -> str:
-    data = Path(c["data"]).stem or "data"
-    sizes = "-".join(str(s) for s in c["patch_sizes"])
-    arch = f"from-{Path(c['transfer']).stem}" if c.get("transfer") else c["arch"]
-    return f"{data}-{arch}-p{sizes}-pad{c['pad_width']}-b{c['batch']}"
+def _default_desc(c: TrainConfig) -> str:
+    data = Path(c.data).stem or "data"
+    sizes = "-".join(str(s) for s in c.patch_sizes)
+    arch = f"from-{Path(c.transfer).stem}" if c.transfer else c.arch
+    return f"{data}-{arch}-p{sizes}-pad{c.pad_width}-b{c.batch}"
 
 
 def transfer_network(path: str | os.PathLike, overrides: dict, channels: int, positional: bool) -> torch.nn.Module:
