@@ -56,6 +56,7 @@ PROBLEMS = {
 }
 
 TV_ITERS = 3000  # maximum PDHG iterations; the objective tolerance (inverse.baselines.TV_TOL) stops earlier
+TV_SETTINGS = f"PDHG to objective tolerance {TV_TOL:g} (max {TV_ITERS})"
 PAPER = dict(pad=24, psize=56)
 
 def x0_solver_methods(solver: str, label: str, kwargs: dict, detail: str, ks: tuple[int, ...],
@@ -77,7 +78,7 @@ def x0_solver_methods(solver: str, label: str, kwargs: dict, detail: str, ks: tu
 METHODS = {
     "fbp": dict(label="FBP / pinv", baseline=True, settings="filtered backprojection / pseudo-inverse"),
     "tv": dict(label="TV (PDHG)", baseline=True,
-               settings=f"PDHG to objective tolerance {TV_TOL:g} (max {TV_ITERS}), weight tuned on slice 055"),
+               settings=f"{TV_SETTINGS}, weight tuned on slice 055"),
     **x0_solver_methods("diffpir", "PaDIS DiffPIR", dict(cg_iters=5, zeta=1.0), ", zeta 1", ks=(2, 4, 8), default=True),
     **x0_solver_methods("dds", "PaDIS dds", dict(cg_iters=5, eta=1.0), "", ks=(2, 4)),
     "ddnm": dict(label="PaDIS DDNM", prior="patch", solver="ddnm", steps=100, sigma_max=10.0, kwargs={},
@@ -181,6 +182,8 @@ def run_cell(bench: Path, problem: str, method: str, networks: dict, files: list
         r["settings"] = METHODS[r["method"]]["settings"]
         if r["method"] == "tv":
             r["tv_weight"] = cfg.tv_weight
+            tuned = "re-tuned on the shifted tuning slices" if tv_weight is not None else "tuned on slice 055"
+            r["settings"] = f"{TV_SETTINGS}, weight {cfg.tv_weight:g} ({tuned})"
         misc.atomic_write_json(bench / "cells" / f"{problem}__{r['method']}.json", r, overwrite=True)
     return records
 
@@ -263,7 +266,7 @@ def quality_table(cells: list[dict]) -> str:
             calls = "-" if c["calls_per_image"] is None else f"{c['calls_per_image']['mean']:.0f}"
             lines.append(f"| {p} | {spec['label']} | {c['n_images']} | {_ms(c['psnr'], '.2f')} | "
                          f"{_ms(c['ssim'], '.4f')} | {c['seconds_per_image']['mean']:.1f} | {calls} | "
-                         f"{spec['settings']} |")
+                         f"{c.get('settings') or spec['settings']} |")
     return "\n".join(lines)
 
 
