@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from inverse.baselines import TV_TOL  # noqa: E402  (after the path insert, as in the other benchmarks)
 from inverse.cases import CASES, EVAL_SLICES, Case, stage_images  # noqa: E402
 from inverse.config import ReconConfig  # noqa: E402
+from inverse.samplers import PROBLEM_SCHEDULES, schedule_defaults  # noqa: E402
 from torch_utils import misc  # noqa: E402
 from torch_utils.device import default_device  # noqa: E402
 
@@ -65,8 +66,10 @@ def x0_solver_methods(solver: str, label: str, kwargs: dict, detail: str, ks: tu
     means of K samples of it (``solver_kK``, K in ``ks``) and 30 and 50 levels (``solverN``)."""
     base = dict(prior="patch", solver=solver, sigma_max=1.0, kwargs=kwargs)
     schedule = f"sigma_max 1, 5 CG{detail}"
+    changes = [f"{p} {c['steps']}" for p, c in PROBLEM_SCHEDULES.get(solver, {}).items() if "steps" in c]
+    levels = f"20 ({', '.join(changes)})" if default and changes else "20"
     return {solver: dict(base, label=label + (" (default)" if default else ""), steps=20,
-                         settings=f"20 levels, {schedule}, lam per problem"),
+                         settings=f"{levels} levels, {schedule}, lam per problem"),
             **{f"{solver}_k{k}": dict(base, label=f"{label}, mean of {k}", steps=20, samples=k,
                                       settings=f"as {solver}, mean of K = {k} samples", tier="expensive") for k in ks},
             **{f"{solver}{n}": dict(base, label=f"{label} {n}", steps=n, settings=f"{n} levels, {schedule}",
@@ -128,7 +131,8 @@ def cell_config(problem: str, method: str, networks: dict, inputs: Path, outdir:
     kwargs = dict(m["kwargs"])
     if m["solver"] in ("dds", "diffpir"):
         kwargs["lam"] = case.dds_lam if m["solver"] == "dds" else case.lam
-    steps = m["steps"] if caps.get("steps") is None else min(m["steps"], caps["steps"])
+    steps = schedule_defaults(m["solver"], case.problem)["steps"] if method == DEFAULT_METHOD else m["steps"]
+    steps = steps if caps.get("steps") is None else min(steps, caps["steps"])
     if "inner" in kwargs and caps.get("inner") is not None:
         kwargs["inner"] = min(kwargs["inner"], caps["inner"])
     return ReconConfig(network=networks[m.get("network", "patch")], input=str(inputs), problem=case.problem,

@@ -56,7 +56,7 @@ SOLVER_TABLE = {
 
 def solver_table() -> dict[str, tuple[str, ...]]:
     """SOLVER_TABLE with the defaults filled in and the levels column added (see SOLVER_TABLE)."""
-    from inverse.samplers import DDNM_CG_ITERS, SCHEDULE_DEFAULTS, ZETA_DEFAULTS, sampler_options
+    from inverse.samplers import DDNM_CG_ITERS, PROBLEM_SCHEDULES, SCHEDULE_DEFAULTS, ZETA_DEFAULTS, sampler_options
     show = lambda v: format(v, "g") if isinstance(v, float) else str(v)  # noqa: E731
     rows = {}
     for name, cells in SOLVER_TABLE.items():
@@ -65,6 +65,8 @@ def solver_table() -> dict[str, tuple[str, ...]]:
         fields = {k: show(v) for k, v in fields.items()}
         sched = {k: show(float(v)) if k != "steps" else str(v) for k, v in SCHEDULE_DEFAULTS[name].items()}
         levels = f"{sched['steps']}, sigma {sched['sigma_max']} to {sched['sigma_min']}"
+        for problem, change in PROBLEM_SCHEDULES.get(name, {}).items():
+            levels += f" ({problem}: " + ", ".join(f"{k} {show(v)}" for k, v in change.items()) + ")"
         rows[name] = tuple(cell.format(**fields) for cell in cells) + (levels,)
     return rows
 

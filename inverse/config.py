@@ -66,7 +66,7 @@ class ReconConfig:
     # The solver (inverse.samplers)
     solver: str = "diffpir"  # key of inverse.samplers.SAMPLERS
     solver_kwargs: dict = field(default_factory=dict)  # its options (None values: its defaults)
-    steps: int | None = None  # noise levels (None: SCHEDULE_DEFAULTS[solver])
+    steps: int | None = None  # noise levels (None: inverse.samplers.schedule_defaults(solver, problem))
     sigma_min: float | None = None  # smallest noise level (None: SCHEDULE_DEFAULTS[solver])
     sigma_max: float | None = None  # largest noise level (None: SCHEDULE_DEFAULTS[solver])
     samples: int = 1  # K posterior samples per image in one batched solve; their mean is the reconstruction
@@ -128,7 +128,7 @@ class ReconConfig:
         """A copy with the defaults that need no files filled: ``noise``, ``device``, the
         problem's TV weight and the solver's noise schedule (``steps``, ``sigma_min``, ``sigma_max``)."""
         from inverse.baselines import default_tv_weight
-        from inverse.samplers import SCHEDULE_DEFAULTS
+        from inverse.samplers import schedule_defaults
 
         changes: dict[str, Any] = {}
         if self.noise is None:
@@ -138,7 +138,7 @@ class ReconConfig:
         if self.device is None:
             from torch_utils.device import default_device
             changes["device"] = default_device()
-        defaults = SCHEDULE_DEFAULTS.get(self.solver)
+        defaults = schedule_defaults(self.solver, self.problem)
         if defaults is not None:
             for k in ("steps", "sigma_min", "sigma_max"):
                 if getattr(self, k) is None:

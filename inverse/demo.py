@@ -25,10 +25,12 @@ import click
 
 from inverse.cases import CASES, EVAL_SLICES, stage_eval_slices
 from inverse.config import ReconConfig
+from inverse.samplers import schedule_defaults
 from torch_utils import misc
 from torch_utils.device import default_device
 
-# The solver settings of the demo (those of the CLI default): DiffPIR-style, 20 levels from
+# The solver settings of the demo (those of the CLI default): DiffPIR-style, 20 levels (limited
+# angle 50: inverse.samplers.PROBLEM_SCHEDULES) from
 # pinv(y) + noise at sigma_max, a CG data-proximal step whose weight grows as the noise level
 # falls, fresh noise between levels, no backpropagation through the network.
 DEMO_SOLVER = dict(solver="diffpir", steps=20, sigma_min=0.003, sigma_max=1.0,
@@ -47,8 +49,13 @@ def case_config(name: str, network: str, outdir: Path, device: str, seed: int, p
                        problem_kwargs=dict(case.options), prior="patch", pad=pad, psize=psize,
                        baselines=["fbp", "tv"], tv_weight=case.tv_weight, tv_iters=TV_ITERS,
                        parallel_baselines=True, outdir=str(outdir), seed=seed, device=device,
-                       solver=DEMO_SOLVER["solver"], steps=DEMO_SOLVER["steps"], sigma_min=DEMO_SOLVER["sigma_min"],
+                       solver=DEMO_SOLVER["solver"], steps=demo_steps(case.problem), sigma_min=DEMO_SOLVER["sigma_min"],
                        sigma_max=DEMO_SOLVER["sigma_max"], solver_kwargs=solver_kwargs)
+
+
+def demo_steps(problem: str) -> int:
+    """The CLI default's levels for ``problem`` (DEMO_SOLVER's 20, or the per-problem change)."""
+    return schedule_defaults(DEMO_SOLVER["solver"], problem)["steps"]
 
 
 def demo_table(results: dict[str, dict]) -> str:

@@ -70,3 +70,15 @@ def test_old_config_json_resumes(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(dict(OLD_CONFIG, stepz=1)))
     with pytest.raises(ValueError, match="resume=.*unknown reconstruction option"):
         check_resume_config(tmp_path, same)
+
+
+def test_levels_default_per_problem():
+    """DiffPIR on limited angle gets PROBLEM_SCHEDULES' 50 levels; others and explicit --steps stay."""
+    from inverse.samplers import PROBLEM_SCHEDULES, SCHEDULE_DEFAULTS, schedule_defaults
+    assert PROBLEM_SCHEDULES["diffpir"]["ct_lact"]["steps"] == 50
+    assert ReconConfig(network="n", device="cpu", problem="ct_lact", solver="diffpir").resolved().steps == 50
+    assert ReconConfig(network="n", device="cpu", problem="ct_lact", solver="diffpir", steps=7).resolved().steps == 7
+    assert ReconConfig(network="n", device="cpu", problem="ct_parbeam", solver="diffpir").resolved().steps == 20
+    assert ReconConfig(network="n", device="cpu", problem="ct_lact", solver="dds").resolved().steps == SCHEDULE_DEFAULTS["dds"]["steps"]
+    assert schedule_defaults("diffpir", "ct_lact")["sigma_max"] == SCHEDULE_DEFAULTS["diffpir"]["sigma_max"]
+    assert schedule_defaults("nope") is None
