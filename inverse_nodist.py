@@ -96,7 +96,8 @@ from torch_utils.misc import bf16_cpu_warning
 @click.option("--cg-iters", type=click.IntRange(min=0), help="dds/diffpir conjugate-gradient iterations per level [default: 5]; ddnm: CG correction")
 @click.option("--init", type=click.Choice(["pinv", "noise"]), help="Solver start [default: pinv]")
 @click.option("--views", type=click.IntRange(min=1), help="CT: projection angles [default: operator's, 20]")
-@click.option("--angle-range", help="Limited-angle CT wedge 'lo,hi' in radians [default: operator's]")
+@click.option("--angle-range", help="CT angles 'lo,hi' in radians: the limited-angle wedge, or the fan/cone-beam "
+              "source positions (the paper's fan beam: 0,3.14159) [default: operator's]")
 @click.option("--detectors", type=click.IntRange(min=1), help="CT: detector pixels [default: operator's, 512]")
 @click.option("--det-extent", type=click.FloatRange(min=0, min_open=True),
               help="CT: detector half width, image half width is 20 [default: 40; fan beam: 80 covers the whole "

@@ -304,7 +304,8 @@ FAN_DET_EXTENT = 80.0
 
 
 class FanBeamCT(_CT):
-    """Fan-beam CT with a flat detector: `views` source positions over [0, 2 pi)."""
+    """Fan-beam CT with a flat detector: `views` source positions over `angle_range`, by default
+    [0, 2 pi) (a full scan; the paper's code: [0, pi), `angle_range=(0, pi)`)."""
 
     name = "ct_fanbeam"
 
@@ -314,12 +315,13 @@ class FanBeamCT(_CT):
         det_radius: float = geo.DET_RADIUS  # rotation centre to detector
         det_extent: float = FAN_DET_EXTENT  # detector half width (paper's code: 40, the FOV misses the corners)
         fbp_freq: float = 0.3  # FBP frequency scaling (paper: 0.3)
+        angle_range: str | tuple[float, float] = (0.0, 2.0 * math.pi)  # 'lo,hi' radians; paper's code: 0,pi
 
     def _build(self, o: Options) -> None:
         views = _int_opt("views", o.views)
         radii = (_float_opt("src_radius", o.src_radius), _float_opt("det_radius", o.det_radius))
         det = self._detector(o)
-        self._setup(geo.fan_geometry(views, *radii, *det), o)
+        self._setup(geo.fan_geometry(views, *radii, *det, angle_range=_range_opt("angle_range", o.angle_range)), o)
         self.fov_radius = geo.fan_fov_radius(*radii, det[1])
         self._outside = geo.outside_disc(self.projector.ray.domain, self.fov_radius)
         self.square_det_extent = None
@@ -375,7 +377,8 @@ class ConeBeamCT(_CT):
         radii = (_float_opt("src_radius", o.src_radius), _float_opt("det_radius", o.det_radius))
         height = _float_opt("det_height", o.det_height, low_open=False)
         height = height or float(space.max_pt[2]) * (radii[0] + radii[1]) / radii[0]
-        geometry = geo.cone_geometry(_int_opt("views", o.views), *radii, *self._detector(o), n, height)
+        geometry = geo.cone_geometry(_int_opt("views", o.views), *radii, *self._detector(o), n, height,
+                                     angle_range=_range_opt("angle_range", o.angle_range))
         fdk = geo.ConeFBP(space, geometry, _choice_opt("fbp_filter", o.fbp_filter, geo.FBP_FILTERS),
                           _float_opt("fbp_freq", o.fbp_freq, high=1.0))
         self.projector = geo.VolumeProjector(self.image_shape, lambda z, rows: geometry,

@@ -6,7 +6,8 @@ Conventions (the paper's code):
   coordinate, its second axis (columns, W) the second one;
 - flat detector of `det_count` pixels (default 512) over [-det_extent, det_extent] (default 40);
 - parallel beam: `views` angles over [0, pi); fan beam: source radius 40, detector radius 40,
-  `views` angles over [0, 2 pi); limited angle: parallel beam over a wedge `angle_range`
+  `views` angles over [0, 2 pi) here (the paper's code: [0, pi), `angle_range=(0, pi)`);
+  limited angle: parallel beam over a wedge `angle_range`
   (default (0, 2 pi / 3)). Angles are the midpoints of a uniform partition of the range
   (`odl.uniform_partition`), as ODL does.
 - sinograms are arrays of shape (views, det_count).
