@@ -55,7 +55,8 @@ def fill_parameters(module: torch.nn.Module, seed: int) -> None:
     """Overwrite every parameter with seeded values that depend only on the sorted parameter
     names and shapes (so padis' network, whose names are the paper's, gets the same weights):
     weights of rank >= 2 ~ N(0, 1/fan_in), 1-D ``*weight`` ~ 1 + N(0, 0.1²), other 1-D ~ N(0, 0.1²).
-    A fresh EDM network has a zero output layer (it returns c_skip x); this makes every layer count."""
+    A fresh EDM SongUNet's output layers start at 1e-5 scale (it returns about c_skip x); this makes every
+    layer count."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
