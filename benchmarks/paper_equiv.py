@@ -176,6 +176,16 @@ def run_child(paper: Path, work: Path, tasks: str, threads: int) -> tuple[dict, 
     return dict(np.load(work / f"paper{suffix}.npz")), json.loads((work / f"paper{suffix}.json").read_text())
 
 
+def run_cli(script: str, argv: list[str], cwd: Path, threads: int) -> str:
+    """Run one of our command-line scripts of this checkout in a subprocess; its stdout."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, str(REPO / script), *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"our {script} {' '.join(argv)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
 # ----------------------------------------------------------------------------------------
 # padis' side (also used by tests/test_paper_equiv.py)
 
@@ -440,10 +450,6 @@ def main() -> None:
         paper, info = run_child(args.paper.resolve(), work, "network,command,patches,dps,operators", args.threads)
         _, train_info = run_child(args.paper.resolve(), work, "train", args.threads)
 
-    from click.testing import CliRunner
-
-    import inverse_nodist
-    import train
     from torch_utils.persistence import load_network
     rows, details, fixtures = [], {}, {}
 
@@ -543,14 +549,9 @@ def main() -> None:
     out_dir = work / "ours_results"
     argv = [a.replace("{PKL}", spec["command"]["pickle"]).replace("{IMAGES}", str(work / "image_dir"))
             .replace("--outdir=results", f"--outdir={out_dir}") for a in README_RECON]
-    res = CliRunner().invoke(inverse_nodist.main, argv + ["--dry-run"])
-    if res.exit_code != 0:
-        raise SystemExit(f"our inverse_nodist.py --dry-run failed: {res.output}")
-    ours_cfg = json.loads(res.stdout)
+    ours_cfg = json.loads(run_cli("inverse_nodist.py", argv + ["--dry-run"], work, args.threads))
     recon = recon_rows(cmd, ours_cfg)
-    res = CliRunner().invoke(inverse_nodist.main, argv + ["--device", "cpu"])
-    if res.exit_code != 0:
-        raise SystemExit(f"our inverse_nodist.py failed: {res.output}")
+    run_cli("inverse_nodist.py", argv + ["--device", "cpu"], work, args.threads)
     (run_dir,) = out_dir.iterdir()
     y_ours = np.load(run_dir / "slice_025_measurement.npy")
     recon_ours = np.load(run_dir / "slice_025_recon.npy")
@@ -571,11 +572,8 @@ def main() -> None:
                      note=f"both run to the end on the tiny random-weight network; not comparable (independent noise "
                           f"and grid offsets); finite: ours {bool(np.isfinite(recon_ours).all())}, the paper's main "
                           f"printed PSNR {', '.join(f'{v:.2f}' for v in cmd['psnr'])} dB"))
-    res = CliRunner().invoke(train.main, [a.replace("--data=mydata", f"--data={work / 'mydata'}") for a in README_TRAIN]
-                             + ["-n"])
-    if res.exit_code != 0:
-        raise SystemExit(f"our train.py -n failed: {res.output}")
-    ours_train = json.loads(res.stdout)
+    ours_train = json.loads(run_cli("train.py", [a.replace("--data=mydata", f"--data={work / 'mydata'}")
+                                                 for a in README_TRAIN] + ["-n"], work, args.threads))
     trows = train_rows(train_info["train"], ours_train)
     n_same = sum(r["same"] for r in trows)
     rows.append(dict(row="e", id="e_train_settings", case="train.py README command (dry run)",

@@ -112,10 +112,22 @@ def install(copy_dir: Path) -> None:
     from odl.core.set.space import LinearSpaceElement
     LinearSpaceElement.__array__ = lambda self, dtype=None, copy=None: np.asarray(self.data, dtype=dtype)
     torch.cuda.set_device = lambda *a, **k: None  # dist.init calls it
-    import importlib
+    global PAPER_DIR
+    PAPER_DIR = copy_dir
     for mod in ("training", "dnnlib", "torch_utils"):
-        importlib.import_module(mod)
-        assert str(sys.modules[mod].__file__).startswith(str(copy_dir)), (mod, sys.modules[mod].__file__)
+        paper_module(mod)
+
+
+PAPER_DIR: Path | None = None  # the patched copy, once installed
+
+
+def paper_module(name: str) -> types.ModuleType:
+    """A module of the paper's copy (never padis', whose packages have the same names)."""
+    import importlib
+    module = importlib.import_module(name)
+    if PAPER_DIR is None or not str(module.__file__).startswith(str(PAPER_DIR)):
+        raise RuntimeError(f"{name} is not the paper's module: {module.__file__}")
+    return module
 
 
 # ----------------------------------------------------------------------------------------
@@ -127,7 +139,7 @@ def task_network(spec: dict, inputs, out: dict, work: Path) -> dict:
     """(a) The paper's Patch_EDMPrecond, constructed as its training loop constructs it (the
     class name and kwargs of its train.py), weights from :func:`fill_parameters`, pickled as its
     training loop pickles a snapshot; its denoiser on the inputs."""
-    import dnnlib
+    dnnlib = paper_module("dnnlib")
     info = {}
     (work / "pickles").mkdir(exist_ok=True)
     nets = {}
@@ -184,7 +196,7 @@ def run_paper_command(spec: dict, work: Path, hooks: dict) -> dict:
     """(e) The paper README's inverse_nodist.py command (tiny sizes) through the paper's main():
     records what main hands its dps (configuration, latents_pos, the measurement, the start
     clamp(Adagger(y))), then runs its dps as main does."""
-    import inverse_nodist
+    inverse_nodist = paper_module("inverse_nodist")
     seen = {}
     real_dps = inverse_nodist.dps
 
@@ -225,7 +237,7 @@ def run_paper_command(spec: dict, work: Path, hooks: dict) -> dict:
 
 def task_patches(spec: dict, inputs, out: dict, net, latents_pos) -> dict:
     """(b) The paper's denoisedFromPatches at fixed grid offsets on zero-padded noisy images."""
-    import denoise_padding
+    denoise_padding = paper_module("denoise_padding")
     b = spec["patches"]
     pad, psize, w = b["pad"], b["psize"], b["image_size"]
     patches = w // psize + 1
@@ -251,10 +263,8 @@ def task_dps(spec: dict, inputs, out: dict, net, latents_pos) -> dict:
     the state after its first inner iteration (and, for the 'run' case, after every inner
     iteration of the first level), with the Langevin noise z injected through its randn_like
     argument and the grid offsets fixed through its getIndices' random draws."""
-    import denoise_padding
-    from inverse_operators import InverseOperator
-
-    import inverse_nodist
+    denoise_padding, inverse_nodist = paper_module("denoise_padding"), paper_module("inverse_nodist")
+    InverseOperator = paper_module("inverse_operators").InverseOperator
     c = spec["dps"]
     w = c["image_size"]
     op = InverseOperator(w, c["problem"], views=c["views"])
@@ -311,7 +321,7 @@ def _dps_cases(c, inputs, out, net, latents_pos, op, y, info, denoise_padding, i
 def task_operators(spec: dict, inputs, out: dict) -> dict:
     """(d) The paper's InverseOperator (parbeam/fanbeam, lact) for each size: A x, AT y with
     y = A x, Adagger y (FBP), and the ODL geometry it builds."""
-    from inverse_operators import InverseOperator
+    InverseOperator = paper_module("inverse_operators").InverseOperator
     info = {}
     for size in spec["operators"]["sizes"]:
         x = torch.from_numpy(inputs[f"d_x{size}"])
@@ -339,7 +349,7 @@ def task_operators(spec: dict, inputs, out: dict) -> dict:
 def task_train_command(spec: dict, work: Path) -> dict:
     """(e) The paper README's train.py command through the paper's main() with --dry-run: the
     configuration it prints (its 'Training options' JSON)."""
-    import train
+    train = paper_module("train")
     os.environ.setdefault("MASTER_PORT", str(spec["train"]["master_port"]))
     stdout = io.StringIO()
     old_cwd = os.getcwd()
@@ -357,7 +367,8 @@ def task_train_command(spec: dict, work: Path) -> dict:
     # What the dry run does not print: the defaults its training loop, SongUNet and loss take.
     import inspect
 
-    from training import networks, patch_loss, training_loop
+    networks, patch_loss = paper_module("training.networks"), paper_module("training.patch_loss")
+    training_loop = paper_module("training.training_loop")
 
     def defaults(fn):
         return {k: p.default for k, p in inspect.signature(fn).parameters.items()
