@@ -18,6 +18,7 @@ from dnnlib.paper_cli import HintChoice, PaperCommand, paper_options
 from inverse.baselines import CHECK_EVERY, TV_ITERS, TV_TOL, TV_WEIGHT, TV_WEIGHTS
 from inverse.cli import (
     check_network,
+    pad_fill_defaults,
     parse_baselines,
     parse_size,
     parse_window,
@@ -30,7 +31,7 @@ from inverse.cli import (
 from inverse.config import ReconConfig
 from inverse.operators import OPERATORS
 from inverse.paper_cli import RECON_OPTIONS, SOLVER_HINTS, apply_recon_options, recon_summary
-from inverse.prior import PRIOR_BUILDERS
+from inverse.prior import PAD_FILLS, PRIOR_BUILDERS
 from inverse.samplers import SAMPLERS
 from torch_utils.device import default_device
 from torch_utils.misc import bf16_cpu_warning
@@ -76,6 +77,9 @@ from torch_utils.misc import bf16_cpu_warning
 @click.option("--slab", default=16, type=click.IntRange(min=1), help="--volume: adjacent slices solved together (one network and projector call per step)")
 @click.option("--z-coupling", default=0.0, type=click.FloatRange(min=0), help="--volume: weight of ||slice differences||² (relative to ||A||²) in the data step; 0: slices independent")
 @patch_grid_options(sizes="each image's size")
+@click.option("--pad-fill", type=click.Choice(PAD_FILLS), help="The prior's canvas outside the image: zeros, or "
+              "Gaussian noise of std sigma (the current level, drawn from the run's seed) as the padding of the "
+              f"training patches [default: the solver's: {pad_fill_defaults()}; on --resume the run's]")
 @click.option("--steps", type=click.IntRange(min=1), help="Noise levels [default: solver's; dds/diffpir 20 (diffpir on ct_lact 50), ddnm 50, others 100]")
 @click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), help="Smallest noise level [default: 0.003]")
 @click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), help="Largest noise level [default: solver's; dds/diffpir 1, others 10]")
@@ -156,7 +160,8 @@ def main(**opts):
         max_images=opts["max_images"], hu_window=opts["hu_window"], problem=opts["problem"],
         noise=opts["noise"], noise_absolute=opts["paper_noise_absolute"],
         problem_kwargs=problem_kwargs,
-        prior=pick_prior(opts["prior"], network), pad=opts["pad"], psize=opts["psize"], stride=opts["stride"], batch=opts["batch"],
+        prior=pick_prior(opts["prior"], network), pad=opts["pad"], psize=opts["psize"], stride=opts["stride"],
+        pad_fill=opts["pad_fill"], batch=opts["batch"],
         precision=opts["precision"], channels_last=opts["channels_last"], compile=compile_,
         images_per_batch=opts["images_per_batch"], parallel_baselines=opts["parallel_baselines"],
         volume=opts["volume"], slab=opts["slab"], z_coupling=opts["z_coupling"],

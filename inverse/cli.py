@@ -149,6 +149,15 @@ def patch_grid_options(sizes: str):
     return apply
 
 
+def pad_fill_defaults() -> str:
+    """inverse.samplers.PAD_FILL_DEFAULTS for --help: 'zeros for all' or 'dps noise, ...'."""
+    from inverse.samplers import PAD_FILL_DEFAULTS
+    fills = set(PAD_FILL_DEFAULTS.values())
+    if len(fills) == 1:
+        return f"{fills.pop()} for every solver"
+    return ", ".join(f"{name} {fill}" for name, fill in PAD_FILL_DEFAULTS.items())
+
+
 def parse_window(ctx, param, value):
     """'-1000,2000' -> [-1000.0, 2000.0] (HU window: lower < upper)."""
     if value is None:

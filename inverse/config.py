@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 FREE = {"resume_free": True}  # a resumed run may change this field
@@ -51,6 +52,9 @@ class ReconConfig:
     pad: int | list[int] | None = None  # zero padding per side, or [rows, cols]; None: chosen per size
     psize: int | None = None  # patch size; None: chosen per image size (recorded in ``grid``)
     stride: int | None = None  # patch stride of prior 'average' (None: psize // 2)
+    pad_fill: str | None = None  # canvas outside the image: 'zeros' | 'noise' (std sigma, from the run's
+    # generator); None: the solver's default (inverse.samplers.PAD_FILL_DEFAULTS), or on resume the
+    # one the run's config.json recorded ('zeros' if it has none: runs before the option)
     batch: int | None = None  # max patches per network call (None: all)
     precision: str = "fp32"  # network autocast: 'fp32' | 'bf16' | 'fp16'
     channels_last: bool = False  # channels-last memory format for the network
@@ -125,10 +129,11 @@ class ReconConfig:
         return dataclasses.replace(self, **changes)
 
     def resolved(self) -> ReconConfig:
-        """A copy with the defaults that need no files filled: ``noise``, ``device``, the
-        problem's TV weight and the solver's noise schedule (``steps``, ``sigma_min``, ``sigma_max``)."""
+        """A copy with the defaults filled: ``noise``, ``device``, the problem's TV weight, the
+        solver's noise schedule (``steps``, ``sigma_min``, ``sigma_max``) and ``pad_fill`` (the
+        solver's; with ``resume`` the one that run recorded, :func:`recorded_pad_fill`)."""
         from inverse.baselines import default_tv_weight
-        from inverse.samplers import schedule_defaults
+        from inverse.samplers import PAD_FILL_DEFAULTS, schedule_defaults
 
         changes: dict[str, Any] = {}
         if self.noise is None:
@@ -143,6 +148,9 @@ class ReconConfig:
             for k in ("steps", "sigma_min", "sigma_max"):
                 if getattr(self, k) is None:
                     changes[k] = defaults[k]
+        if self.pad_fill is None:
+            recorded = resumed_pad_fill(self.resume) if self.resume else None
+            changes["pad_fill"] = recorded or PAD_FILL_DEFAULTS.get(self.solver, RECORDED_PAD_FILL)
         return dataclasses.replace(self, **changes)
 
     def comparable(self) -> dict:
@@ -154,3 +162,22 @@ class ReconConfig:
             if meta[k].get("path") and v is not None:
                 out[k] = os.path.abspath(v)
         return out
+
+
+# What a config.json without ``pad_fill`` ran with: the canvas was zeros before the option.
+RECORDED_PAD_FILL = "zeros"
+
+
+def recorded_pad_fill(values: dict) -> str:
+    """The canvas fill a run's config.json (as a dict) records; 'zeros' where it has none."""
+    return values.get("pad_fill") or RECORDED_PAD_FILL
+
+
+def resumed_pad_fill(run_dir: str | os.PathLike) -> str | None:
+    """:func:`recorded_pad_fill` of ``run_dir/config.json``; None if that file cannot be read
+    (the resume check then says why)."""
+    try:
+        values = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded_pad_fill(values) if isinstance(values, dict) else None

@@ -17,6 +17,14 @@ CUDA only); the prior's output is float32 in every case. ``channels_last`` conve
 through ``torch.compile``; if compiling fails (no C++ compiler, an unsupported op), a
 ``RuntimeWarning`` says why and the network runs eagerly from then on.
 
+Canvas fill (all priors, keyword-only ``pad_fill``): the pixels a prior adds around the image
+(its canvas padding) are ``'zeros'`` (the default) or ``'noise'``: Gaussian noise of std
+``sigma``, the call's noise level, drawn from the call's ``generator`` (after the grid
+offset), so the padding looks like the noisy zero padding of training (every training patch,
+pad pixels included, gets noise of std sigma: training/patch_loss.py). The image pixels of the
+canvas are the input's, untouched. With ``'zeros'`` nothing is drawn: outputs and the
+generator's stream are those of a prior without the option.
+
 The cut/stitch helpers below are pure functions (no state, no randomness), tested by an exact
 extract -> stitch round trip.
 """
@@ -178,6 +186,38 @@ def _sigma_vector(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
     return s.expand(batch)
 
 
+PAD_FILLS = ("zeros", "noise")  # what the canvas outside the image holds (see the module docstring)
+
+
+def check_pad_fill(pad_fill: str) -> str:
+    if pad_fill not in PAD_FILLS:
+        raise ValueError(f"pad_fill={pad_fill!r}; expected one of {', '.join(map(repr, PAD_FILLS))}")
+    return pad_fill
+
+
+def draw_pad_noise(x: torch.Tensor, pads: tuple[int, int, int, int], sigma,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """Noise for the canvas of ``x`` (B, C, H, W) padded by ``pads`` (left, right, top, bottom,
+    as ``F.pad``): std ``sigma`` (float or (B,)) outside the image, exactly 0 on it; drawn on
+    the generator's device (one draw of the whole canvas), moved to x's. Add it to
+    ``F.pad(x, pads)``."""
+    if generator is None:
+        raise ValueError("pad_fill='noise' needs a torch.Generator to draw the canvas noise (no global RNG)")
+    left, right, top, bottom = pads
+    bsz, chans, height, width = x.shape
+    z = torch.randn((bsz, chans, height + top + bottom, width + left + right), generator=generator,
+                    device=generator.device, dtype=x.dtype).to(x.device)
+    z[:, :, top:top + height, left:left + width] = 0
+    return z * _sigma_vector(sigma, bsz, x).reshape(-1, 1, 1, 1)
+
+
+def fill_canvas(x: torch.Tensor, pads: tuple[int, int, int, int], noise: torch.Tensor | None) -> torch.Tensor:
+    """``x`` padded by ``pads`` (left, right, top, bottom) with zeros, plus ``noise`` (from
+    :func:`draw_pad_noise`, 0 on the image) where given."""
+    canvas = F.pad(x, pads)
+    return canvas if noise is None else canvas + noise
+
+
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device`` (None for fp32), or a ValueError for
     an unknown name or fp16 off CUDA (CPU autocast in fp16 is slow and loses accuracy)."""
@@ -243,12 +283,14 @@ class _PriorBase:
                  precision: str = "fp32",      # fp32 | bf16 | fp16: autocast dtype of the network call.
                  channels_last: bool = False,  # Network and inputs in channels-last memory format.
                  compile: bool = False,        # torch.compile the network (eager fallback, warning).
+                 pad_fill: str = "zeros",      # canvas outside the image: 'zeros' | 'noise' (std sigma).
                  ):
         if batch is not None and batch < 1:
             raise ValueError(f"batch={batch}; expected a positive number of patches per call or None")
         self.net = net
         self.batch = batch
         self.precision = precision
+        self.pad_fill = check_pad_fill(pad_fill)
         self.autocast_dtype = autocast_dtype(precision, _network_device(net))
         self.channels_last = bool(channels_last)
         if self.channels_last:
@@ -260,6 +302,14 @@ class _PriorBase:
 
     def reset_calls(self) -> None:
         self.calls = 0
+
+    def pad_noise(self, x: torch.Tensor, pads: tuple[int, int, int, int], sigma,
+                  generator: torch.Generator | None) -> torch.Tensor | None:
+        """The canvas noise of one call (:func:`draw_pad_noise`), or None with pad_fill 'zeros'
+        or no padding (then nothing is drawn)."""
+        if self.pad_fill == "zeros" or not any(pads):
+            return None
+        return draw_pad_noise(x, pads, sigma, generator)
 
     @property
     def positional(self) -> bool:
@@ -299,24 +349,25 @@ class _PriorBase:
 class PatchPrior(_PriorBase):
     """PaDIS whole-image denoiser from non-overlapping patches on a randomly shifted grid.
 
-    The H x W image is zero-padded by ``pad`` (canvas ``(H + 2*pad) x (W + 2*pad)``; a pair
-    pads rows and columns each by its own amount); a grid of P_h x P_w patches of ``psize``
+    The H x W image is padded by ``pad`` (canvas ``(H + 2*pad) x (W + 2*pad)``; a pair pads
+    rows and columns each by its own amount) with zeros or, with ``pad_fill='noise'``, noise of
+    std sigma drawn after the offset (module docstring); a grid of P_h x P_w patches of ``psize``
     pixels (P = size // psize + 1 per axis) starts at row ``a``, column ``b``, drawn uniformly
     from [0, pad_rows-1] and [0, pad_cols-1] with ``generator`` at every call (paper Sec. 3.2,
     Fig. 2). All patches of all images are denoised in one batched call (or chunks of
     ``batch`` patches), each with its position channels cropped from the canvas grid, and put
-    back by the inverse reshape; the canvas outside the image is discarded (zero). Paper:
+    back by the inverse reshape; the output's canvas outside the image is discarded. Paper:
     256 x 256 images, pad 24, psize 56, P 5. With ``pad`` and ``psize`` None the grid of each
     image size is :func:`choose_grid` over ``patch_sizes`` (see :meth:`grid_for`).
     """
 
     def __init__(self,
                  net: torch.nn.Module,      # D(x, sigma, pos) patch denoiser.
-                 pad=None,                  # Zero padding per side, pixels: int or (rows, cols); None: chosen.
+                 pad=None,                  # Canvas padding per side, pixels: int or (rows, cols); None: chosen.
                  psize: int | None = None,  # Patch side, pixels; None: chosen per image size.
                  batch: int | None = None,  # Max patches per network call; None = all at once.
                  patch_sizes: tuple[int, int] = (16, 64),  # Trained patch sizes (min, max) for the choice.
-                 **speed,                   # precision, channels_last, compile (see _PriorBase).
+                 **speed,                   # precision, channels_last, compile, pad_fill (see _PriorBase).
                  ):
         super().__init__(net, batch, **speed)
         self.pad = None if pad is None else (int(pad) if isinstance(pad, (int, float)) else axis_pads(pad))
@@ -349,15 +400,21 @@ class PatchPrior(_PriorBase):
         b = torch.randint(0, cols, (1,), generator=generator, device=generator.device).item()
         return a, b
 
-    def _grid_inputs(self, x: torch.Tensor, sigma, offset: tuple[int, int]):
+    def canvas_pads(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) padding of the canvas of an H x W image (as ``F.pad``)."""
+        rows, cols = axis_pads(self.grid_for(height, width)[0])
+        return cols, cols, rows, rows
+
+    def _grid_inputs(self, x: torch.Tensor, sigma, offset: tuple[int, int], pad_noise: torch.Tensor | None = None):
         """Network inputs of the grid at ``offset``: patches, position crops (or None) and one
-        sigma per patch, plus the grid shape (P_h, P_w)."""
+        sigma per patch, plus the grid shape (P_h, P_w). ``pad_noise``: the call's canvas noise
+        (:meth:`pad_noise`; None: zeros)."""
         bsz, _, height, width = x.shape
         pad, p = self.grid_for(height, width)
         ph, pw = check_grid(height, width, pad, p)
         rows, cols = axis_pads(pad)
         a, b = offset
-        canvas = F.pad(x, (cols, cols, rows, rows))
+        canvas = fill_canvas(x, (cols, cols, rows, rows), pad_noise)
         patches = extract_patches(grid_region(canvas, a, b, ph, pw, p), p)
         pos = None
         if self.positional:
@@ -376,14 +433,18 @@ class PatchPrior(_PriorBase):
         return out[:, :, rows - a:rows - a + height, cols - b:cols - b + width]
 
     def __call__(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None,
-                 offset: tuple[int, int] | None = None) -> torch.Tensor:
+                 offset: tuple[int, int] | None = None, pad_noise: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) noisy images; sigma: float or (B,). Returns x0_hat (B, C, H, W).
-        ``offset`` fixes (a, b) instead of drawing it (tests, debugging)."""
+        ``offset`` fixes (a, b) instead of drawing it (tests, debugging); with ``offset`` given
+        the canvas noise of pad_fill 'noise' is ``pad_noise`` (None: drawn from ``generator``)."""
         bsz, _, height, width = x.shape
         pad, psize = self.grid_for(height, width)
         check_grid(height, width, pad, psize)
-        offset = self.draw_offset(generator, pad) if offset is None else offset
-        patches, pos, sig, ph, pw = self._grid_inputs(x, sigma, offset)
+        if offset is None:
+            offset = self.draw_offset(generator, pad)
+        if pad_noise is None:
+            pad_noise = self.pad_noise(x, self.canvas_pads(height, width), sigma, generator)
+        patches, pos, sig, ph, pw = self._grid_inputs(x, sigma, offset, pad_noise)
         return self._to_image(self.denoise(patches, sig, pos), bsz, ph, pw, offset, height, width)
 
     def denoise_with_grad(self, x: torch.Tensor, sigma, generator: torch.Generator | None,
@@ -396,7 +457,7 @@ class PatchPrior(_PriorBase):
         vector-Jacobian product with ``v``'s patches is put back by the same stitching (the
         patches do not overlap, so the image gradient is the stitched patch gradients). Cost: one
         extra forward per call; peak memory: one chunk's activations. Both passes use the same
-        grid offset (one draw from ``generator``, as a plain call)."""
+        grid offset and canvas noise (drawn from ``generator`` as by a plain call)."""
         bsz, channels, height, width = x.shape
         pad, p = self.grid_for(height, width)
         ph, pw = check_grid(height, width, pad, p)
@@ -406,8 +467,9 @@ class PatchPrior(_PriorBase):
         a, b = offset = self.draw_offset(generator, pad)
         rows, cols = axis_pads(pad)
         x = x.detach()
+        noise = self.pad_noise(x, self.canvas_pads(height, width), sigma, generator)
         with torch.no_grad():
-            x0 = self(x, sigma, offset=offset)
+            x0 = self(x, sigma, offset=offset, pad_noise=noise)
         with torch.enable_grad():
             x0_leaf = x0.requires_grad_(True)
             v = torch.autograd.grad(loss(x0_leaf), x0_leaf)[0]
@@ -415,7 +477,7 @@ class PatchPrior(_PriorBase):
         v_region = x.new_zeros(bsz, channels, ph * p, pw * p)
         v_region[:, :, rows - a:rows - a + height, cols - b:cols - b + width] = v  # adjoint of the crop
         v_patches = extract_patches(v_region, p)
-        patches, pos, sig, _, _ = self._grid_inputs(x, sigma, offset)
+        patches, pos, sig, _, _ = self._grid_inputs(x, sigma, offset, noise)
         grads = torch.empty_like(patches)
         for start in range(0, n, self.batch):
             part = slice(start, start + self.batch)
@@ -429,8 +491,10 @@ class PatchPrior(_PriorBase):
 class WholeImagePrior(_PriorBase):
     """Whole-image denoiser with the prior interface (ablation / baseline).
 
-    The image is zero-padded (centred) to the next size the U-Net accepts (sides divisible by
-    2**(levels-1)) and cropped back. A position-aware network gets the grid of that canvas.
+    The image is padded (centred; zeros, or noise of std sigma with ``pad_fill='noise'``) to
+    the next size the U-Net accepts (sides divisible by 2**(levels-1)) and cropped back; a size
+    the U-Net accepts is not padded (nothing drawn). A position-aware network gets the grid of
+    that canvas.
     """
 
     def __init__(self, net: torch.nn.Module, **speed):
@@ -443,7 +507,8 @@ class WholeImagePrior(_PriorBase):
         m = self.multiple
         eh, ew = -height % m, -width % m
         top, left = eh // 2, ew // 2
-        canvas = F.pad(x, (left, ew - left, top, eh - top)) if eh or ew else x
+        pads = (left, ew - left, top, eh - top)
+        canvas = fill_canvas(x, pads, self.pad_noise(x, pads, sigma, generator)) if eh or ew else x
         pos = None
         if self.positional:
             pos = self.canvas_grid(canvas.shape[-2], canvas.shape[-1], x).expand(bsz, -1, -1, -1)
@@ -453,19 +518,21 @@ class WholeImagePrior(_PriorBase):
 
 class OverlapAveragePrior(_PriorBase):
     """Overlapping patches at ``stride``, denoised outputs averaged per pixel (the paper's
-    "patch averaging" ablation). Deterministic: ``generator`` is accepted and unused.
+    "patch averaging" ablation). Deterministic with pad_fill 'zeros' (``generator`` unused);
+    'noise' draws the canvas noise from it.
 
-    The image is zero-padded by ``pad`` and then, centred, by the few extra pixels needed for
-    the stride to end exactly on the canvas; position channels come from that canvas's grid.
+    The image is padded by ``pad`` and then, centred, by the few extra pixels needed for the
+    stride to end exactly on the canvas (zeros, or noise of std sigma); position channels come
+    from that canvas's grid.
     """
 
     def __init__(self,
                  net: torch.nn.Module,      # D(x, sigma, pos) patch denoiser.
                  psize: int,                # Patch side, pixels.
                  stride: int,               # Step between patch corners, pixels (< psize overlaps).
-                 pad: int = 0,              # Zero padding on each side of the image, pixels.
+                 pad: int = 0,              # Canvas padding on each side of the image, pixels.
                  batch: int | None = None,  # Max patches per network call; None = all at once.
-                 **speed,                   # precision, channels_last, compile (see _PriorBase).
+                 **speed,                   # precision, channels_last, compile, pad_fill (see _PriorBase).
                  ):
         if not 1 <= stride <= psize:
             raise ValueError(f"OverlapAveragePrior: stride={stride}; expected 1 <= stride <= psize={psize}")
@@ -487,7 +554,8 @@ class OverlapAveragePrior(_PriorBase):
         bsz, chans, height, width = x.shape
         nh, nw = self._canvas_side(height), self._canvas_side(width)
         top, left = (nh - height) // 2, (nw - width) // 2
-        canvas = F.pad(x, (left, nw - width - left, top, nh - height - top))
+        pads = (left, nw - width - left, top, nh - height - top)
+        canvas = fill_canvas(x, pads, self.pad_noise(x, pads, sigma, generator))
         p, s = self.psize, self.stride
         cols = F.unfold(canvas, p, stride=s)  # (B, C*p*p, L)
         n_per = cols.shape[-1]
@@ -547,16 +615,19 @@ def check_prior_name(prior: str) -> None:
 
 def build_prior(net: torch.nn.Module, prior: str = "patch", *, pad=None, psize: int | None = None,
                 stride: int | None = None, batch: int | None = None, patch_range=None, grid: dict | None = None,
-                precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> _PriorBase:
+                precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                pad_fill: str = "zeros") -> _PriorBase:
     """The whole-image denoiser ``prior`` ('patch' | 'whole' | 'average') around ``net``.
 
     pad, psize, batch: the patch grid (None: chosen per image size from ``patch_range``, the
     network's trained patch sizes; default :data:`DEFAULT_PATCH_RANGE`); stride: of 'average'
     (None: psize // 2), which without pad/psize takes them from ``grid`` (:func:`resolve_grids`);
-    precision, channels_last, compile: how the network runs (:class:`_PriorBase`)."""
+    precision, channels_last, compile: how the network runs (:class:`_PriorBase`); pad_fill: the
+    canvas outside the image, 'zeros' or 'noise' (module docstring)."""
     check_prior_name(prior)
     return PRIOR_BUILDERS[prior](net, pad=pad, psize=psize, stride=stride, batch=batch, patch_range=patch_range,
-                                 grid=grid, precision=precision, channels_last=channels_last, compile=compile)
+                                 grid=grid, precision=precision, channels_last=channels_last, compile=compile,
+                                 pad_fill=pad_fill)
 
 
 def check_prior_geometry(prior: str, pad, psize: int | None, shapes) -> None:

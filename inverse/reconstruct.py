@@ -188,11 +188,16 @@ def check_resume_config(run_dir: Path, cfg: ReconConfig | dict) -> None:
         raise ValueError(f"resume={run_dir}: cannot read {path} ({exc}); is this a reconstruction "
                          "run directory?") from None
     from inverse.baselines import TV_WEIGHT, default_tv_weight
+    from inverse.config import RECORDED_PAD_FILL
     if old.tv_weight is None:  # written before the per-problem default: its TV ran at the old global default
         old = old.replace(tv_weight=TV_WEIGHT)
+    if old.pad_fill is None:  # written before the option: its canvas was zeros
+        old = old.replace(pad_fill=RECORDED_PAD_FILL)
     new = ReconConfig.from_dict(cfg)
     if new.tv_weight is None:
         new = new.replace(tv_weight=default_tv_weight(new.problem))
+    if new.pad_fill is None:  # not chosen: a resumed run keeps its own (ReconConfig.resolved)
+        new = new.replace(pad_fill=old.pad_fill)
     old_values, new_values = old.comparable(), new.comparable()
     for key in sorted(set(old_values) | set(new_values)):
         if old_values.get(key) != new_values.get(key):
@@ -398,7 +403,7 @@ def set_up(cfg: ReconConfig) -> Setup:
         _print_grid_notes(cfg, info, shapes)
     prior = build_prior(net, cfg.prior, pad=cfg.pad, psize=cfg.psize, stride=cfg.stride, batch=cfg.batch,
                         patch_range=cfg.patch_range, grid=cfg.grid, precision=cfg.precision,
-                        channels_last=cfg.channels_last, compile=cfg.compile)
+                        channels_last=cfg.channels_last, compile=cfg.compile, pad_fill=cfg.pad_fill)
     setup = Setup(cfg=cfg, device=device, rank=rank, world=world, verbose=rank == 0 and cfg.progress,
                   items=items, has_gt=has_gt, shapes=shapes, failures=failures, input_ranges=ranges,
                   channels=channels, prior=prior,

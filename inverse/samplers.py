@@ -99,6 +99,12 @@ def schedule_defaults(solver: str, problem: str | None = None) -> dict | None:
         return None
     return dict(base, **PROBLEM_SCHEDULES.get(solver, {}).get(problem, {}))
 
+
+# What the patch prior's canvas outside the image holds when a run (inverse.config.ReconConfig
+# pad_fill None) uses this solver: 'zeros' or 'noise' of std sigma (inverse.prior, PAD_FILLS).
+# Chosen on the tuning slices by benchmarks/pad_fill.py (benchmarks/results/pad_fill/).
+PAD_FILL_DEFAULTS = {name: "zeros" for name in SCHEDULE_DEFAULTS}
+
 # ----------------------------------------------------------------------------------------
 # Shared steps
 

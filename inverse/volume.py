@@ -172,7 +172,7 @@ class VolumeContext:
                 print(f"warning: {line}", file=sys.stderr)
         self.prior = build_prior(net, cfg.prior, pad=cfg.pad, psize=cfg.psize, stride=cfg.stride, batch=cfg.batch,
                                  patch_range=cfg.patch_range, grid=cfg.grid, precision=cfg.precision,
-                                 channels_last=cfg.channels_last, compile=cfg.compile)
+                                 channels_last=cfg.channels_last, compile=cfg.compile, pad_fill=cfg.pad_fill)
         self.sampler = SAMPLERS[cfg.solver]
         self.solver_kwargs, _ = accepted_kwargs(self.sampler, cfg.solver_kwargs)
         self.sigmas = get_sigmas_karras(cfg.steps, cfg.sigma_min, cfg.sigma_max, device=device)
