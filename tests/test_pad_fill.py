@@ -1,9 +1,11 @@
 """The priors' canvas fill (issue 23 item 2): 'zeros' as before, 'noise' of std sigma from the
-run's generator; the ReconConfig field / --pad-fill option, config.json and resume."""
+run's generator; the ReconConfig field / --pad-fill option, config.json and resume; the
+benchmark script benchmarks/pad_fill.py (smoke)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from helpers import write_smooth_images
+from helpers import load_benchmark, write_smooth_images
 
 import inverse_nodist
 from inverse.config import ReconConfig
@@ -274,3 +276,41 @@ def test_old_config_without_pad_fill_resumes_as_zeros(assets, tmp_path, monkeypa
     res = recon(assets, tmp_path, "--resume", run, "--pad-fill", "noise")
     assert res.exit_code == 1 and "option '--pad-fill' was 'zeros' in that run, now 'noise'" in res.output
 
+
+def test_benchmark_smoke(tmp_path):
+    """benchmarks/pad_fill.py on a tiny network and two 64x64 images: one cell per problem, solver
+    and fill, per-image PSNR and border error, JSON and markdown, finished cells kept."""
+    from PIL import Image
+
+    from torch_utils.persistence import save_network
+    from training.networks import build_network
+    pf = load_benchmark("pad_fill")
+    torch.manual_seed(0)
+    net = save_network(build_network("tiny", img_resolution=112, image_channels=1).eval(), tmp_path / "p.safetensors")
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(2):
+        img = np.zeros((64, 64), np.uint8)
+        img[16:48, 12:52] = 120 + 30 * k
+        Image.fromarray(img).save(images / f"slice_{k:03d}.png")
+    args = ["--network", net, "--images", images, "--psize", "44", "--smoke", "--threads", "1",
+            "--problems", "ct_parbeam_8,super_x4", "--solvers", "dps,diffpir", "--outdir", tmp_path / "out"]
+    res = CliRunner().invoke(pf.main, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    bench = only_run(tmp_path / "out")
+    cells = pf.load_cells(bench)
+    assert {(c["problem"], c["solver"], c["pad_fill"]) for c in cells} == {
+        (p, s, f) for p in ("ct_parbeam_8", "super_x4") for s in ("dps", "diffpir") for f in PAD_FILLS}
+    for c in cells:
+        assert set(c["per_image"]) == {"slice_000", "slice_001"} and c["steps"] == 2
+        assert all(math.isfinite(v["psnr"]) and v["border_rmse"] > 0 for v in c["per_image"].values())
+    result = json.loads((bench / "pad_fill.json").read_text())
+    assert set(result["solvers"]) == {"dps", "diffpir"} and result["solvers"]["dps"]["n"] == 4
+    assert result["solvers"]["dps"]["verdict"] in PAD_FILLS and result["meta"]["smoke"] is True
+    md = (bench / "pad_fill.md").read_text()
+    assert md.count("| ct_parbeam_8 |") == 2 and "| diffpir | 4 |" in md and "| diffpir | 4 |" in res.output
+    before = {p: p.stat().st_mtime_ns for p in (bench / "cells").iterdir()}
+    res = CliRunner().invoke(pf.main, [str(a) for a in args[:-2]] + ["--run-dir", str(bench)], catch_exceptions=False)
+    assert res.exit_code == 0 and {p: p.stat().st_mtime_ns for p in before} == before
+    edge = pf.edge_mask(6, 5, 2)
+    assert edge.sum() == 30 - 2 and not edge[2, 2] and edge[0, 0]
