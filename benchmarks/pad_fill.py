@@ -16,14 +16,17 @@ too, so the two fills' sampler noise differs after the first call).
 
 Per image: PSNR and SSIM of the whole image and the RMSE of the border (pixels within
 ``--border`` px of the image edge, where the patches that reach into the canvas are) and of the
-interior. Per solver: the mean PSNR change noise - zeros over all problems and slices and its
+interior. Before the solves, the denoiser alone (``denoiser.json``): D(gt + sigma z) with
+each fill from the same x and grid offset, at ``LEVELS`` from 10 to 0.01, its border and
+interior RMSE; this is the fidelity check for the solvers that cannot run to convergence here. Per solver: the mean PSNR change noise - zeros over all problems and slices and its
 standard error (std / sqrt(n)); noise is called better only where that mean exceeds twice its
 standard error ('noise' in the verdict column), else 'zeros'.
 
 Cost: the paper's samplers at their default schedules (dps and langevin 100 levels x 10, pc 100
 levels x 2 calls) do not fit a CPU budget for 6 problems x 2 fills x 2 slices; ``SOLVERS`` gives
-them 20 levels (dps 1 inner iteration, langevin 2), which the table says. About 40 minutes on one
-core of this 2-core machine. Output in a new ``OUTDIR/NNNNN-pad_fill/`` (or ``--run-dir`` to
+them 20 levels (dps 1 inner iteration, langevin 2), which the table says; at that budget dps and
+langevin do not converge (below FBP), and they run on ``--expensive-slices`` (1) slice. About 35
+minutes on one core of this 2-core machine. Output in a new ``OUTDIR/NNNNN-pad_fill/`` (or ``--run-dir`` to
 finish one; finished cells are kept): ``cells/PROBLEM__SOLVER__FILL.json`` (per image),
 ``pad_fill.json`` and ``pad_fill.md``. JSON and the markdown table are also printed.
 ``--smoke`` (tests) caps levels and inner iterations at 2 and 1.
@@ -54,10 +57,10 @@ from torch_utils.device import default_device  # noqa: E402
 # solver -> its schedule and options here (lam: the case's tuned weight). The x0-space solvers
 # run their defaults; the paper's samplers (default 100 levels; dps/langevin x 10) fewer levels.
 SOLVERS = {
-    "dps": dict(steps=20, sigma_max=10.0, kwargs=dict(inner=1, dc_grad="full"),
-                settings="20 levels x 1 from sigma 10, gradient through the net (default 100 x 10)"),
-    "langevin": dict(steps=20, sigma_max=10.0, kwargs=dict(inner=2),
-                     settings="20 levels x 2 from sigma 10 (default 100 x 10)"),
+    "dps": dict(steps=20, sigma_max=10.0, kwargs=dict(inner=1, dc_grad="full"), tier="expensive",
+                settings="20 levels x 1 from sigma 10, gradient through the net (default 100 x 10; unconverged)"),
+    "langevin": dict(steps=20, sigma_max=10.0, kwargs=dict(inner=2), tier="expensive",
+                     settings="20 levels x 2 from sigma 10 (default 100 x 10; unconverged)"),
     "pc": dict(steps=20, sigma_max=10.0, kwargs=dict(inner=1),
                settings="20 levels from sigma 10, 1 corrector (default 100)"),
     "ddnm": dict(steps=20, sigma_max=10.0, kwargs={}, settings="20 levels from sigma 10, eta 0.85 (default 50)"),
@@ -68,6 +71,10 @@ SOLVERS = {
 }
 PAPER = dict(pad=24, psize=56)
 BORDER = 16  # pixels from the image edge that count as its border
+# The denoiser alone: D(gt + sigma z) at these levels (the paper's schedule spans 10 .. 0.003),
+# DRAWS noise draws per slice, both fills from the same x and grid offset.
+LEVELS = (10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
+DRAWS = 2
 
 
 def edge_mask(height: int, width: int, border: int) -> np.ndarray:
@@ -121,6 +128,37 @@ def solve_cell(net, problem: str, solver: str, fill: str, images: list[tuple[str
                 kwargs=kwargs, settings=spec["settings"], border=border, per_image=per, **means)
 
 
+def denoiser_rows(net, images: list[tuple[str, np.ndarray]], device: str, seed: int, caps: dict, border: int,
+                  levels=LEVELS, draws: int = DRAWS) -> list[dict]:
+    """The prior alone, as every solver calls it: x = gt + sigma z, then D(x) with each fill
+    (same x, same grid offset: the generator is re-seeded per fill, and the offset is its first
+    draw); RMSE of D(x) against gt on the border and the interior, mean over slices and draws."""
+    from inverse.prior import PatchPrior
+    priors = {f: PatchPrior(net, pad=caps.get("pad", PAPER["pad"]), psize=caps.get("psize", PAPER["psize"]),
+                            pad_fill=f) for f in PAD_FILLS}
+    rows = []
+    for sigma in levels:
+        scores = {f: [] for f in PAD_FILLS}
+        for index, (_, gt) in enumerate(images):
+            clean = torch.from_numpy(gt)[None].to(device)
+            for k in range(draws):
+                g = torch.Generator(device=device).manual_seed(seed + 1000 * index + k)
+                x = clean + sigma * torch.randn(clean.shape, generator=g, device=device)
+                state = g.get_state()
+                for f, prior in priors.items():
+                    g.set_state(state)
+                    with torch.inference_mode():
+                        x0 = prior(x, sigma, g)[0].cpu().numpy()
+                    s = image_scores(np.clip(x0, 0, 1), gt, border)
+                    scores[f].append((s["border_rmse"], s["interior_rmse"]))
+        row = dict(sigma=sigma, n=len(scores["zeros"]))
+        for f in PAD_FILLS:
+            row[f"border_rmse_{f}"] = float(np.mean([b for b, _ in scores[f]]))
+            row[f"interior_rmse_{f}"] = float(np.mean([i for _, i in scores[f]]))
+        rows.append(row)
+    return rows
+
+
 def load_cells(bench: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((bench / "cells").glob("*.json"))]
 
@@ -154,6 +192,16 @@ def compare(cells: list[dict]) -> dict:
     return dict(rows=rows, solvers=solvers)
 
 
+def denoiser_markdown(rows: list[dict]) -> str:
+    lines = ["| sigma | n | border RMSE zeros | border RMSE noise | noise / zeros | interior RMSE zeros | "
+             "interior RMSE noise |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['sigma']:g} | {r['n']} | {r['border_rmse_zeros']:.4f} | {r['border_rmse_noise']:.4f} | "
+                     f"{r['border_rmse_noise'] / r['border_rmse_zeros']:.3f} | {r['interior_rmse_zeros']:.4f} | "
+                     f"{r['interior_rmse_noise']:.4f} |")
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
     """The per-cell table and the per-solver summary."""
     lines = ["| problem | solver | n | PSNR zeros | PSNR noise | Δ PSNR | SSIM zeros | SSIM noise | "
@@ -171,6 +219,9 @@ def markdown(result: dict) -> str:
         ratio = "-" if s["border_ratio"] is None else f"{s['border_ratio']:.3f}"
         lines.append(f"| {solver} | {s['n']} | {s['d_psnr']:+.3f} | {s['se']:.3f} | {s['wins']}/{s['n']} | "
                      f"{ratio} | {s['verdict']} |")
+    if result.get("denoiser"):
+        lines += ["", "The denoiser alone, D(gt + sigma z) clipped to [0, 1] against gt (same x and grid offset "
+                  "for both fills):", "", denoiser_markdown(result["denoiser"])]
     return "\n".join(lines)
 
 
@@ -178,6 +229,8 @@ def write_report(bench: Path, meta: dict | None = None) -> tuple[dict, str]:
     old = json.loads((bench / "pad_fill.json").read_text()) if (bench / "pad_fill.json").exists() else {}
     meta = dict(old.get("meta", {}), **(meta or {}))
     result = compare(load_cells(bench))
+    if (bench / "denoiser.json").exists():
+        result["denoiser"] = json.loads((bench / "denoiser.json").read_text())
     table = markdown(result)
     misc.atomic_write_json(bench / "pad_fill.json", dict(meta=meta, **result), overwrite=True)
     misc.atomic_write_text(bench / "pad_fill.md", table + "\n", overwrite=True)
@@ -205,6 +258,8 @@ def relative(path: Path) -> str:
 @click.option("--images", default=str(REPO / "datasets/ct_head/tune"), show_default=True,
               type=click.Path(exists=True), help="Ground-truth tuning slices (file or directory).")
 @click.option("--slices", default=2, show_default=True, type=click.IntRange(min=1), help="The first N slices.")
+@click.option("--expensive-slices", default=1, show_default=True, type=click.IntRange(min=1),
+              help="The first N slices for dps and langevin.")
 @click.option("--problems", default=None, help=f"Comma list of {', '.join(PROBLEMS)} [default: all].")
 @click.option("--solvers", default=None, help=f"Comma list of {', '.join(SOLVERS)} [default: all].")
 @click.option("--fills", default=",".join(PAD_FILLS), show_default=True, help="Comma list of canvas fills.")
@@ -222,7 +277,7 @@ def relative(path: Path) -> str:
 @click.option("--threads", default=0, type=click.IntRange(min=0), help="torch CPU threads (0: default).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Image i uses seed + i.")
 @click.option("--smoke", is_flag=True, help="Caps: 2 levels, 1 inner iteration (tests).")
-def main(network, images, slices, problems, solvers, fills, border, pad, psize, outdir, run_dir, report_only,
+def main(network, images, slices, expensive_slices, problems, solvers, fills, border, pad, psize, outdir, run_dir, report_only,
          device, threads, seed, smoke):
     """Zeros against noise of std sigma in the patch prior's canvas (see the module docstring)."""
     if report_only:
@@ -240,22 +295,30 @@ def main(network, images, slices, problems, solvers, fills, border, pad, psize, 
     fills = _names(fills, PAD_FILLS, "'--fills'")
     device = device or default_device()
     caps = dict(pad=pad, psize=psize, **(dict(steps=2, inner=1) if smoke else {}))
-    picked = read_images(images, max_images=slices)
+    picked = read_images(images, max_images=max(slices, expensive_slices))
     bench = Path(run_dir) if run_dir else misc.new_run_dir(outdir, "pad_fill")
     (bench / "cells").mkdir(parents=True, exist_ok=True)
     click.echo(f"benchmark directory {bench}", err=True)
     net = load_network(network, device=device)
     meta = dict(network=relative(Path(network)), images=relative(Path(images)), slices=[n for n, _ in picked],
-                border=border, caps=caps, seed=seed, device=device, threads=torch.get_num_threads(), smoke=smoke,
+                slices_per_tier=dict(cheap=slices, expensive=expensive_slices), border=border, caps=caps, seed=seed, device=device, threads=torch.get_num_threads(), smoke=smoke,
                 command="python benchmarks/pad_fill.py " + " ".join(sys.argv[1:]))
     t_start = time.perf_counter()
+    if not (bench / "denoiser.json").exists():
+        levels, draws = (LEVELS[::3], 1) if smoke else (LEVELS, DRAWS)
+        rows = denoiser_rows(net, picked[:slices], device, seed, caps, border, levels, draws)
+        misc.atomic_write_json(bench / "denoiser.json", rows, overwrite=True)
+        click.echo(denoiser_markdown(rows), err=True)
     for problem in problems:
         for solver in solvers:
             for fill in fills:
                 path = bench / "cells" / f"{problem}__{solver}__{fill}.json"
                 if path.exists():
                     continue
-                cell = solve_cell(net, problem, solver, fill, picked, device, seed, caps, border)
+                t_cell = time.perf_counter()
+                n = expensive_slices if SOLVERS[solver].get("tier") == "expensive" else slices
+                cell = solve_cell(net, problem, solver, fill, picked[:n], device, seed, caps, border)
+                cell["wall_seconds"] = time.perf_counter() - t_cell
                 misc.atomic_write_json(path, cell, overwrite=True)
                 click.echo(f"{problem} / {solver} / {fill}: PSNR {cell['psnr']:.2f} dB, border RMSE "
                            f"{cell['border_rmse']:.4f}, {cell['seconds']:.1f} s/image", err=True)

@@ -302,12 +302,17 @@ def test_benchmark_smoke(tmp_path):
     assert {(c["problem"], c["solver"], c["pad_fill"]) for c in cells} == {
         (p, s, f) for p in ("ct_parbeam_8", "super_x4") for s in ("dps", "diffpir") for f in PAD_FILLS}
     for c in cells:
-        assert set(c["per_image"]) == {"slice_000", "slice_001"} and c["steps"] == 2
+        slices = {"slice_000"} if c["solver"] == "dps" else {"slice_000", "slice_001"}  # --expensive-slices 1
+        assert set(c["per_image"]) == slices and c["steps"] == 2
         assert all(math.isfinite(v["psnr"]) and v["border_rmse"] > 0 for v in c["per_image"].values())
     result = json.loads((bench / "pad_fill.json").read_text())
-    assert set(result["solvers"]) == {"dps", "diffpir"} and result["solvers"]["dps"]["n"] == 4
+    assert set(result["solvers"]) == {"dps", "diffpir"} and result["solvers"]["dps"]["n"] == 2
+    assert result["solvers"]["diffpir"]["n"] == 4
+    den = json.loads((bench / "denoiser.json").read_text())
+    assert [r["sigma"] for r in den] == list(pf.LEVELS[::3]) and all(r["border_rmse_noise"] > 0 for r in den)
     assert result["solvers"]["dps"]["verdict"] in PAD_FILLS and result["meta"]["smoke"] is True
     md = (bench / "pad_fill.md").read_text()
+    assert "| 10 | 2 |" in md  # the denoiser table: sigma 10, two slices x one draw
     assert md.count("| ct_parbeam_8 |") == 2 and "| diffpir | 4 |" in md and "| diffpir | 4 |" in res.output
     before = {p: p.stat().st_mtime_ns for p in (bench / "cells").iterdir()}
     res = CliRunner().invoke(pf.main, [str(a) for a in args[:-2]] + ["--run-dir", str(bench)], catch_exceptions=False)
