@@ -103,9 +103,10 @@ def schedule_defaults(solver: str, problem: str | None = None) -> dict | None:
 
 # What the patch prior's canvas outside the image holds when a run (inverse.config.ReconConfig
 # pad_fill None) uses this solver: 'zeros' or 'noise' of std sigma (inverse.prior, PAD_FILLS).
-# Measured on the tuning slices, 6 problems (benchmarks/pad_fill.py,
-# benchmarks/results/pad_fill/00000-pad_fill): noise beat zeros for no solver (mean PSNR change
-# noise - zeros between -0.02 and -0.13 dB), so every solver keeps zeros.
+# Measured on the tuning slices, 6 problems (benchmarks/pad_fill.py), with the shipped prior before
+# its augmented retrain (benchmarks/results/pad_fill/00000-pad_fill) and after it (00001-pad_fill):
+# noise beat zeros for no solver on either (mean PSNR change noise - zeros between -0.02 and -0.13
+# dB before, -0.01 and -0.32 dB after), so every solver keeps zeros.
 PAD_FILL_DEFAULTS = {name: "zeros" for name in SCHEDULE_DEFAULTS}
 
 # ----------------------------------------------------------------------------------------
