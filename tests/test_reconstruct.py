@@ -330,7 +330,7 @@ def test_fp16_on_cpu_is_a_usage_error(assets, tmp_path):
 
 def test_resume_accepts_config_written_before_the_speed_options(tmp_path):
     from inverse.config import ReconConfig
-    from inverse.reconstruct import check_resume_config
+    from inverse.stages import check_resume_config
     old = dict(network="net.safetensors", problem="denoise", solver="dds", seed=0, outdir="out")
     (tmp_path / "config.json").write_text(json.dumps(old))
     check_resume_config(tmp_path, ReconConfig(**old, compile=True))  # compile is free
