@@ -111,7 +111,8 @@ def run(cfg: dict) -> Path:
     a new ``OUTDIR/NNNNN-generate-HxW`` directory; returns that directory.
 
     cfg keys: network, size [H, W], seeds (list), steps, sigma_min, sigma_max, method, churn,
-    prior, pad, psize (None: chosen, recorded as ``grid``), stride, batch, outdir, device, progress.
+    prior, pad, psize (None: chosen, recorded as ``grid``), stride, batch, pad_fill ('zeros' if
+    absent), outdir, device, progress; the prior is ``inverse.prior_setup.load_prior``'s.
 
     Under torchrun (:mod:`inverse.ranks`) rank 0 makes the one run directory, rank r samples
     seeds r, r + world, ... of the list and prints one line naming them (stderr); rank 0
