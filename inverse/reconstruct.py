@@ -70,24 +70,13 @@ import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from inverse import stages
 from inverse.config import ReconConfig
 from inverse.prior_setup import open_network
-from inverse.stages import (
-    PADIS,
-    check_images_per_batch,
-    load_run_prior,
-    measurement_noise_std,
-    method_tags,
-    open_run_dir,
-    print_lines,
-    set_up_solver,
-    solve_baselines,
-    start_run,
-    with_noise_std,
-)
 from torch_utils import distributed as ddp
 from torch_utils import misc
 
+PADIS = stages.PADIS  # method name of our reconstruction in metrics.csv / summary.json
 STD = rio.STD_COLUMN  # comparison-figure column of the posterior std (not a method: not scored)
 
 
@@ -103,7 +92,7 @@ class Item(NamedTuple):
 def image_batches(items: list, k: int, key: Callable) -> list[list]:
     """Split ``items`` (in order) into runs of consecutive items with equal ``key(item)``, each
     cut into batches of at most ``k``."""
-    check_images_per_batch(k)
+    stages.check_images_per_batch(k)
     batches: list[list] = []
     for item in items:
         last = batches[-1] if batches else None
@@ -168,7 +157,7 @@ def _keep_valid(items: list[Item], failures: list[dict], check: Callable) -> lis
 
 def _make_run_dir(cfg: ReconConfig, rank: int) -> Path:
     """Rank 0 opens the run directory (:func:`open_run_dir`); every rank gets its path."""
-    run_dir = open_run_dir(cfg) if rank == 0 else None
+    run_dir = stages.open_run_dir(cfg) if rank == 0 else None
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 
@@ -211,7 +200,7 @@ def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -
     seconds are its own."""
     from inverse.baselines import method_label
 
-    images, seconds = solve_baselines(op, y, cfg, device)
+    images, seconds = stages.solve_baselines(op, y, cfg, device)
     label = {b: method_label(b, cfg.problem) for b in images}  # 'pinv' outside CT
     return ({label[b]: x[0].detach().float().cpu().numpy() for b, x in images.items()},
             {label[b]: t for b, t in seconds.items()})
@@ -223,7 +212,7 @@ def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -
 
 def run(cfg: ReconConfig | dict) -> dict:
     """Reconstruct every input image; write the run directory; return the summary dict."""
-    cfg = start_run(cfg)
+    cfg = stages.start_run(cfg)
     if cfg.volume:
         raise ValueError("volume=True: volumes are reconstructed by inverse.volume.run_volume(cfg) "
                          "(inverse_nodist.py --volume), not inverse.reconstruct.run")
@@ -269,7 +258,7 @@ class Setup:
     @property
     def tags(self) -> dict[str, str]:
         """Method -> file tag of its image (NAME_<tag>.npy)."""
-        return method_tags(self.methods)
+        return stages.method_tags(self.methods)
 
     @property
     def sample_tags(self) -> list[str]:
@@ -306,9 +295,9 @@ def set_up(cfg: ReconConfig) -> Setup:
     if has_gt:
         items = _match_channels(items, network.channels, failures, rank)
         shapes = {tuple(it.data.shape[1:]) for it in items}
-    cfg, loaded = load_run_prior(cfg, network, shapes, device)
+    cfg, loaded = stages.load_run_prior(cfg, network, shapes, device)
     if rank == 0:
-        print_lines(loaded.messages())
+        stages.print_lines(loaded.messages())
     setup = Setup(cfg=cfg, device=device, rank=rank, world=world, verbose=rank == 0 and cfg.progress,
                   items=items, has_gt=has_gt, shapes=shapes, failures=failures, input_ranges=ranges,
                   channels=network.channels, prior=loaded.prior,
@@ -318,7 +307,7 @@ def set_up(cfg: ReconConfig) -> Setup:
         setup.items = _read_measurements(setup)
     if rank == 0:
         _report_inputs(setup)
-    setup.sampler, setup.solver_kwargs = set_up_solver(cfg, setup.verbose)
+    setup.sampler, setup.solver_kwargs = stages.set_up_solver(cfg, setup.verbose)
     _open_run_dir(setup)
     return setup
 
@@ -458,12 +447,12 @@ def prepare_image(setup: Setup, item: Item, pool: ThreadPoolExecutor | None) -> 
     with torch.no_grad():
         if setup.has_gt:
             y = op.A(torch.from_numpy(item.data)[None].to(device))
-            noise_std = measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
+            noise_std = stages.measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
             if cfg.noise:
                 y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
         else:
             y = torch.from_numpy(item.data)[None].to(device)
-            noise_std = measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
+            noise_std = stages.measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
     setup.writer.save_measurement(item.name, y[0].detach().cpu().numpy())
     seconds = time.perf_counter() - t_start  # the baselines' own seconds are added later
     if pool:
@@ -485,8 +474,8 @@ def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tup
     if k > 1:
         y = y.repeat_interleave(k, dim=0)
     label = group[0].name if len(group) == 1 else f"{group[0].name} +{len(group) - 1}"
-    options = with_noise_std(setup.sampler, setup.solver_kwargs,
-                             float(np.sqrt(np.mean([p.noise_std ** 2 for p in prepared]))))
+    noise_std = float(np.sqrt(np.mean([p.noise_std ** 2 for p in prepared])))  # the group's rms
+    options = stages.with_noise_std(setup.sampler, setup.solver_kwargs, noise_std)
     bar = tqdm(total=len(setup.sigmas), desc=label, unit="step", leave=False, disable=not setup.verbose,
                position=1)
     setup.prior.reset_calls()

@@ -50,23 +50,14 @@ import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from inverse import stages
 from inverse.config import ReconConfig
 from inverse.operators import Operator
 from inverse.prior_setup import open_network
 from inverse.ranks import RankGroup, joined
-from inverse.stages import (
-    PADIS,
-    load_run_prior,
-    measurement_noise_std,
-    method_tags,
-    open_run_dir,
-    print_lines,
-    set_up_solver,
-    solve_baselines,
-    start_run,
-    with_noise_std,
-)
 from torch_utils import misc
+
+PADIS = stages.PADIS
 
 
 class SliceCoupled(Operator):
@@ -156,11 +147,11 @@ class VolumeContext:
         if self.channels != 1:
             raise ValueError(f"--volume needs a single-channel network, {cfg.network} denoises "
                              f"{self.channels}-channel images")
-        self.cfg, loaded = load_run_prior(cfg, network, shapes, device)
+        self.cfg, loaded = stages.load_run_prior(cfg, network, shapes, device)
         if verbose:
-            print_lines(loaded.messages())
+            stages.print_lines(loaded.messages())
         self.prior, self.sigmas = loaded.prior, loaded.sigmas
-        self.sampler, self.solver_kwargs = set_up_solver(self.cfg, verbose)
+        self.sampler, self.solver_kwargs = stages.set_up_solver(self.cfg, verbose)
         self._ops: dict = {}
 
     def operator(self, shape: tuple[int, int], n: int) -> Operator:
@@ -182,10 +173,11 @@ def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> 
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         y = op.A(torch.from_numpy(gt)[:, None].to(device))
-        options = with_noise_std(ctx.sampler, ctx.solver_kwargs, measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute))
+        noise_std = stages.measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
+        options = stages.with_noise_std(ctx.sampler, ctx.solver_kwargs, noise_std)
         if cfg.noise:
             y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
-    images, secs = solve_baselines(op, y, cfg, device)
+    images, secs = stages.solve_baselines(op, y, cfg, device)
     results = {b: x[:, 0].float().cpu().numpy() for b, x in images.items()}
     solve_op, solve_y = op, y
     if cfg.z_coupling:
@@ -304,7 +296,7 @@ def solve_slab_files(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first_i
 
 def _method_tags(cfg: ReconConfig) -> dict[str, str]:
     """Method -> file tag (NAME_<tag>.npy): the baselines' names, ``recon`` for PaDIS."""
-    return method_tags([*cfg.baselines, PADIS])
+    return stages.method_tags([*cfg.baselines, PADIS])
 
 
 def assemble_volume(cfg: ReconConfig, vol: rio.Volume, run_dir: Path) -> dict:
@@ -350,7 +342,7 @@ def run_volume(cfg: ReconConfig | dict) -> dict:
     Under torchrun the slabs still to solve are split across the ranks (slab k of the pending
     ones on rank k mod world); rank 0 makes the one run directory and, once every rank
     finished, assembles the volumes and writes the summary; every rank returns it."""
-    cfg = start_run(ReconConfig.from_dict(cfg).replace(volume=True))
+    cfg = stages.start_run(ReconConfig.from_dict(cfg).replace(volume=True))
     with joined(cfg.device) as ranks:
         return _run_volume(cfg, ranks)
 
@@ -377,7 +369,7 @@ def _run_volume(cfg: ReconConfig, ranks: RankGroup) -> dict:
             ctx.operator(tuple(v.shape[1:]), n)
 
     def open_and_plan():  # rank 0: the run directory (resume: checked, temporaries removed), the plan
-        run_dir = open_run_dir(cfg, "-volume")
+        run_dir = stages.open_run_dir(cfg, "-volume")
         if not cfg.resume:
             misc.atomic_write_json(run_dir / "config.json", cfg.replace(run_dir=str(run_dir)).to_dict())
         return str(run_dir), pending_slabs(volumes, run_dir, cfg.slab)
