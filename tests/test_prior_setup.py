@@ -191,8 +191,8 @@ def fake_deepinv() -> types.ModuleType:
 
 
 def test_deepinv_adapter_uses_load_prior(nets, monkeypatch):
-    """load_denoiser wraps load_prior's prior (with a stand-in for deepinv where it is missing;
-    tests/test_deepinv_adapters.py runs it with deepinv itself)."""
+    """load_denoiser wraps load_prior's prior (with deepinv where it can be imported, else with a
+    stand-in for the few names the adapters' module subclasses)."""
     import inverse
 
     try:
