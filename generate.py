@@ -16,7 +16,7 @@ from dnnlib.cli import run_or_fail
 from inverse.cli import check_network, parse_size, patch_grid_options, pick_prior
 from inverse.generate import EDM_METHODS, parse_int_list
 from inverse.generate import run as generate_run
-from inverse.prior import PRIOR_BUILDERS
+from inverse.prior import PAD_FILLS, PRIOR_BUILDERS
 from torch_utils.device import default_device
 
 
@@ -39,6 +39,9 @@ def parse_seeds(ctx, param, value):
 @click.option("--prior", type=click.Choice(sorted(PRIOR_BUILDERS)), help="Whole-image denoiser [default: "
               "patch; whole for a checkpoint trained on whole images]")
 @patch_grid_options(sizes="--size")
+@click.option("--pad-fill", default="zeros", type=click.Choice(PAD_FILLS), help="The prior's canvas outside the "
+              "image: zeros, or Gaussian noise of std sigma (the current level, drawn from the seed's generator) "
+              "as the padding of the training patches")
 @click.option("--batch", type=click.IntRange(min=1), help="Max patches per network call [default: all]")
 @click.option("--outdir", default="out", type=click.Path(file_okay=False), help="Runs go to OUTDIR/NNNNN-generate-HxW/")
 @click.option("--device", default=None, help="[default: cuda if available, else cpu]")

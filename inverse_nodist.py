@@ -2,7 +2,8 @@
 
     python inverse_nodist.py --network net.safetensors --input data/test --problem ct_parbeam --views 20
 
-Parses and validates options, builds one ``inverse.config.ReconConfig`` and calls ``inverse.reconstruct.run``.
+Parses and validates options, builds one ``inverse.config.ReconConfig`` and calls ``inverse.reconstruct.run``
+(``inverse.volume.run_volume`` with ``--volume``).
 Exit codes: 2 usage errors, 1 failures (one line; the traceback only with --debug), also when
 some inputs failed and the others were reconstructed (listed in summary.json and on stderr).
 """
@@ -179,7 +180,10 @@ def main(**opts):
         import json
         click.echo(json.dumps(cfg.resolved().to_dict(), indent=2))
         return
-    from inverse.reconstruct import run
+    if cfg.volume:  # each input is one 3-D volume, solved in slabs
+        from inverse.volume import run_volume as run
+    else:
+        from inverse.reconstruct import run
     summary = run_or_fail(run, cfg, debug)
     if summary["failures"]:
         fail(f"{len(summary['failures'])} input(s) failed, the others were reconstructed; "

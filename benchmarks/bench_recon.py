@@ -154,8 +154,8 @@ def worker(cfg: dict) -> dict:
     """One solver in this process; returns the measurements."""
     from inverse.operators import make_operator
     from inverse.prior import PatchPrior
-    from inverse.reconstruct import accepted_kwargs
     from inverse.samplers import SAMPLERS, get_sigmas_karras, sampler_options
+    from inverse.stages import accepted_kwargs
     from training.networks import build_network
 
     if cfg["threads"]:

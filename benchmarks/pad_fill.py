@@ -98,8 +98,8 @@ def solve_cell(net, problem: str, solver: str, fill: str, images: list[tuple[str
     """One (problem, solver, fill) on every image: the per-image scores and the means."""
     from inverse.operators import make_operator
     from inverse.prior import PatchPrior
-    from inverse.reconstruct import measurement_noise_std, with_noise_std
     from inverse.samplers import SAMPLERS, get_sigmas_karras
+    from inverse.stages import measurement_noise_std, with_noise_std
 
     case, spec = PROBLEMS[problem], SOLVERS[solver]
     kwargs = dict(spec["kwargs"])

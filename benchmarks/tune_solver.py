@@ -69,8 +69,8 @@ def main(network, images, max_images, problem, problem_opts, noise, solver, grid
     from inverse.metrics import psnr, ssim
     from inverse.operators import make_operator
     from inverse.prior import PatchPrior
-    from inverse.reconstruct import measurement_noise_std, with_noise_std
     from inverse.samplers import SAMPLERS, SCHEDULE_DEFAULTS, get_sigmas_karras
+    from inverse.stages import measurement_noise_std, with_noise_std
     from torch_utils.persistence import load_network
     from training.dataset import read_images
 

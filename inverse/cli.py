@@ -56,7 +56,13 @@ SOLVER_TABLE = {
 
 def solver_table() -> dict[str, tuple[str, ...]]:
     """SOLVER_TABLE with the defaults filled in and the levels column added (see SOLVER_TABLE)."""
-    from inverse.samplers import DDNM_CG_ITERS, PROBLEM_SCHEDULES, SCHEDULE_DEFAULTS, ZETA_DEFAULTS, sampler_options
+    from inverse.samplers import (
+        DDNM_CG_ITERS,
+        PROBLEM_SCHEDULES,
+        SCHEDULE_DEFAULTS,
+        ZETA_DEFAULTS,
+        sampler_options,
+    )
     show = lambda v: format(v, "g") if isinstance(v, float) else str(v)  # noqa: E731
     rows = {}
     for name, cells in SOLVER_TABLE.items():

@@ -4,7 +4,7 @@
     from inverse.deepinv_adapters import as_denoiser, as_physics
 
     physics = as_physics(make_operator("ct_parbeam", (256, 256), views=20), noise_std=0.01)
-    denoiser = as_denoiser(build_prior(load_network(path), "patch"), seed=0)
+    denoiser = load_denoiser(path, (256, 256), seed=0)  # or as_denoiser(prior) of any prior
     model = dinv.sampling.DiffPIR(denoiser, dinv.optim.data_fidelity.L2(), max_iter=50)
     x = model(physics(x_true), physics)
 
@@ -13,6 +13,9 @@
 are ours: the patch networks are trained on [0, 1] images with noise std sigma) returns our
 prior's ``D(x, sigma)``. The patch prior draws its grid offset at every call, from the
 adapter's own generator (seeded: a deepinv run is repeatable without the global RNG).
+:func:`load_denoiser` builds it from a checkpoint the way the reconstruction does
+(``inverse.prior_setup.load_prior``: the prior checked against the network, the patch grid
+chosen for the image size from the network's trained patch sizes).
 
 :class:`PadisPhysics` is a ``deepinv.physics.LinearPhysics`` around one of our operators
 (``inverse.operators.make_operator``): ``A`` and ``A_adjoint`` are the operator's ``A`` and
@@ -27,7 +30,11 @@ This module imports deepinv; the rest of the package never does.
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+from inverse.prior_setup import load_prior
 
 try:
     import deepinv as dinv
@@ -81,6 +88,15 @@ class PadisPhysics(dinv.physics.LinearPhysics):
 def as_denoiser(prior, seed: int = 0, generator: torch.Generator | None = None) -> PadisDenoiser:
     """``prior`` (``inverse.prior.build_prior``) as a ``deepinv.models.Denoiser``."""
     return PadisDenoiser(prior, seed=seed, generator=generator)
+
+
+def load_denoiser(network: str | os.PathLike, image_size: tuple[int, int], seed: int = 0,
+                  device: torch.device | str = "cpu", **options) -> PadisDenoiser:
+    """The prior of checkpoint ``network`` for ``image_size`` (H, W) images as a deepinv denoiser
+    (:func:`inverse.prior_setup.load_prior` with ``options``: prior, pad, psize, batch, pad_fill,
+    precision, ...); its grid offsets come from a generator seeded with ``seed``."""
+    loaded = load_prior(network, [tuple(image_size)], device=device, **options)
+    return as_denoiser(loaded.prior, seed=seed)
 
 
 def as_physics(op, noise_std: float = 0.0, **kwargs) -> PadisPhysics:

@@ -31,8 +31,9 @@ from torch_utils.device import default_device
 
 # The solver settings of the demo (those of the CLI default): DiffPIR-style, 20 levels (limited
 # angle 50: inverse.samplers.PROBLEM_SCHEDULES) from
-# pinv(y) + noise at sigma_max, a CG data-proximal step whose weight grows as the noise level
-# falls, fresh noise between levels, no backpropagation through the network.
+# pinv(y) + noise at sigma_max, a CG data-proximal step whose pull towards the denoised estimate
+# (rho = lam noise²/sigma²) grows as the noise level falls, fresh noise between levels, no
+# backpropagation through the network.
 DEMO_SOLVER = dict(solver="diffpir", steps=20, sigma_min=0.003, sigma_max=1.0,
                    solver_kwargs=dict(cg_iters=5, zeta=1.0, init="pinv"))
 TV_ITERS = 500

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from inverse.prior_setup import load_prior, prior_options
 from inverse.ranks import RankGroup, joined
 from torch_utils import misc
 
@@ -110,7 +111,8 @@ def run(cfg: dict) -> Path:
     a new ``OUTDIR/NNNNN-generate-HxW`` directory; returns that directory.
 
     cfg keys: network, size [H, W], seeds (list), steps, sigma_min, sigma_max, method, churn,
-    prior, pad, psize (None: chosen, recorded as ``grid``), stride, batch, outdir, device, progress.
+    prior, pad, psize (None: chosen, recorded as ``grid``), stride, batch, pad_fill ('zeros' if
+    absent), outdir, device, progress; the prior is ``inverse.prior_setup.load_prior``'s.
 
     Under torchrun (:mod:`inverse.ranks`) rank 0 makes the one run directory, rank r samples
     seeds r, r + world, ... of the list and prints one line naming them (stderr); rank 0
@@ -122,34 +124,15 @@ def run(cfg: dict) -> Path:
 
 
 def _run(cfg: dict, ranks: RankGroup) -> Path:
-    from inverse.checkpoint_info import trained_patch_range, training_info
-    from inverse.prior import (
-        DEFAULT_PATCH_RANGE,
-        build_prior,
-        check_prior_geometry,
-        check_prior_name,
-        describe_grids,
-        network_image_channels,
-        resolve_grids,
-    )
-    from inverse.samplers import get_sigmas_karras
-    from torch_utils.persistence import load_network
-
-    check_prior_name(cfg["prior"])
     h, w = cfg["size"]
-    check_prior_geometry(cfg["prior"], cfg["pad"], cfg["psize"], {(h, w)})
     device = ranks.device
     progress = cfg.get("progress", True) and ranks.rank == 0
-    net = load_network(cfg["network"], device=device)
-    cfg = dict(cfg, patch_range=list(trained_patch_range(training_info(cfg["network"])) or DEFAULT_PATCH_RANGE))
-    cfg["grid"] = resolve_grids(cfg["prior"], net, cfg["pad"], cfg["psize"], cfg["patch_range"], {(h, w)})
+    loaded = load_prior(cfg["network"], {(h, w)}, device=device, **prior_options(cfg))
+    cfg = dict(cfg, patch_range=loaded.grids.patch_range, grid=loaded.grids.grid)
     if ranks.rank == 0:
-        for line in describe_grids(cfg["grid"], cfg["patch_range"]):
+        for line in loaded.messages():
             print(line, file=sys.stderr)
-    prior = build_prior(net, cfg["prior"], pad=cfg["pad"], psize=cfg["psize"], stride=cfg["stride"],
-                        batch=cfg["batch"], patch_range=cfg["patch_range"], grid=cfg["grid"])
-    channels = network_image_channels(net)
-    sigmas = get_sigmas_karras(cfg["steps"], cfg["sigma_min"], cfg["sigma_max"], device="cpu")
+    prior, channels, sigmas = loaded.prior, loaded.channels, loaded.sigmas
 
     def open_run_dir() -> str:
         run_dir = misc.new_run_dir(cfg["outdir"], f"generate-{h}x{w}")

@@ -1,11 +1,16 @@
-"""One reconstruction run over a directory: load, simulate or read y, solve, save, report.
+"""Image mode: one reconstruction run over a directory of images: load, simulate or read y,
+solve, save, report. (Volume mode, ``cfg.volume``, is :func:`inverse.volume.run_volume`; both
+are built from the stages of :mod:`inverse.stages` and neither imports the other.)
 
 ``run(cfg)`` is what ``inverse_nodist.py``, the demo and the benchmarks call; ``cfg`` is an
 :class:`inverse.config.ReconConfig` (or a dict of its fields), written to ``config.json``.
 ``run`` is a sequence of named stages, each below:
 
-    validate          resolve the defaults once, check the names (solver, baselines, prior, K)
-    set_up            inputs, network, patch grid, prior, solver, run directory (:class:`Setup`)
+    start_run         resolve the defaults once, check the names (solver, baselines, prior, K),
+                      torch's threads (inverse.stages)
+    set_up            inputs, network (checked against the inputs' channels), patch grid, prior
+                      and schedule (inverse.prior_setup.load_prior), solver, run directory
+                      (:class:`Setup`)
     replay_completed  a resumed run reads back the images the earlier run finished
     solve_all         per group of images: prepare_image (measurement, baselines), solve_group,
                       score_and_save
@@ -53,8 +58,6 @@ writes ``metrics.csv``, ``summary.json`` and ``comparison.png``.
 
 from __future__ import annotations
 
-import inspect
-import json
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,11 +70,13 @@ import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from inverse import stages
 from inverse.config import ReconConfig
+from inverse.prior_setup import open_network
 from torch_utils import distributed as ddp
 from torch_utils import misc
 
-PADIS = "padis"  # method name of our reconstruction in metrics.csv / summary.json
+PADIS = stages.PADIS  # method name of our reconstruction in metrics.csv / summary.json
 STD = rio.STD_COLUMN  # comparison-figure column of the posterior std (not a method: not scored)
 
 
@@ -84,26 +89,10 @@ class Item(NamedTuple):
     data: np.ndarray  # (C, H, W) ground truth, or the measurement when there is none
 
 
-def accepted_kwargs(fn: Callable, options: dict) -> tuple[dict, list[str]]:
-    """Split ``options`` into those ``fn`` accepts (dropping None = "use fn's default") and the
-    names of set options it does not take."""
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    used, ignored = {}, []
-    for k, v in options.items():
-        if v is None:
-            continue
-        if takes_any or k in params:
-            used[k] = v
-        else:
-            ignored.append(k)
-    return used, ignored
-
-
 def image_batches(items: list, k: int, key: Callable) -> list[list]:
     """Split ``items`` (in order) into runs of consecutive items with equal ``key(item)``, each
     cut into batches of at most ``k``."""
-    check_images_per_batch(k)
+    stages.check_images_per_batch(k)
     batches: list[list] = []
     for item in items:
         last = batches[-1] if batches else None
@@ -112,18 +101,6 @@ def image_batches(items: list, k: int, key: Callable) -> list[list]:
         else:
             batches.append([item])
     return batches
-
-
-def check_images_per_batch(k: int) -> None:
-    if k < 1:
-        raise ValueError(f"images_per_batch={k}; expected a positive number of images per solve")
-
-
-def check_samples(k: int, volume: bool = False) -> None:
-    if k < 1:
-        raise ValueError(f"samples={k}; expected a positive number of samples per image")
-    if volume and k > 1:
-        raise ValueError(f"samples={k} with volume: posterior samples are drawn for images only (use samples=1)")
 
 
 def grey_rgb_to_single(items: list[Item], channels: int) -> tuple[list[Item], list[str]]:
@@ -178,47 +155,9 @@ def _keep_valid(items: list[Item], failures: list[dict], check: Callable) -> lis
     return kept
 
 
-def check_resume_config(run_dir: Path, cfg: ReconConfig | dict) -> None:
-    """``run_dir/config.json`` must agree with ``cfg`` except in the fields a resumed run may
-    change (ValueError naming the first differing option otherwise)."""
-    path = Path(run_dir) / "config.json"
-    try:
-        old = ReconConfig.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ValueError(f"resume={run_dir}: cannot read {path} ({exc}); is this a reconstruction "
-                         "run directory?") from None
-    from inverse.baselines import TV_WEIGHT, default_tv_weight
-    from inverse.config import RECORDED_PAD_FILL
-    if old.tv_weight is None:  # written before the per-problem default: its TV ran at the old global default
-        old = old.replace(tv_weight=TV_WEIGHT)
-    if old.pad_fill is None:  # written before the option: its canvas was zeros
-        old = old.replace(pad_fill=RECORDED_PAD_FILL)
-    new = ReconConfig.from_dict(cfg)
-    if new.tv_weight is None:
-        new = new.replace(tv_weight=default_tv_weight(new.problem))
-    if new.pad_fill is None:  # not chosen: a resumed run keeps its own (ReconConfig.resolved)
-        new = new.replace(pad_fill=old.pad_fill)
-    old_values, new_values = old.comparable(), new.comparable()
-    for key in sorted(set(old_values) | set(new_values)):
-        if old_values.get(key) != new_values.get(key):
-            raise ValueError(f"resume={run_dir}: option {key!r} was {old_values.get(key)!r} in that run, now "
-                             f"{new_values.get(key)!r}; resume with the same options (or start a new run)")
-
-
-def open_run_dir(cfg: ReconConfig, suffix: str = "") -> Path:
-    """A new OUTDIR/NNNNN-<problem>-<solver><suffix>, or resume's directory once its config.json
-    was checked against ``cfg`` and the temporaries a killed run left were removed."""
-    if not cfg.resume:
-        return misc.new_run_dir(cfg.outdir, f"{cfg.problem}-{cfg.solver}{suffix}")
-    run_dir = Path(cfg.resume)
-    check_resume_config(run_dir, cfg)
-    misc.remove_stale_temps(run_dir)
-    return run_dir
-
-
 def _make_run_dir(cfg: ReconConfig, rank: int) -> Path:
     """Rank 0 opens the run directory (:func:`open_run_dir`); every rank gets its path."""
-    run_dir = open_run_dir(cfg) if rank == 0 else None
+    run_dir = stages.open_run_dir(cfg) if rank == 0 else None
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 
@@ -250,11 +189,6 @@ def _load_inputs(cfg: ReconConfig, failures: list[dict], ranges: dict | None = N
     return None, False, {size}
 
 
-def tv_options(cfg: ReconConfig) -> dict:
-    """The baselines' keyword arguments from ``cfg`` (None: the baseline's default; see accepted_kwargs)."""
-    return dict(weight=cfg.tv_weight, iters=cfg.tv_iters, tol=cfg.tv_tol)
-
-
 def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -> tuple[dict, dict]:
     """``cfg.baselines`` on one measurement: ({name: (C, H, W) image}, {name: seconds}).
 
@@ -264,15 +198,12 @@ def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -
     results are the same. Their seconds are then wall times while sharing the machine with the
     solve, and the solve's while sharing it with them; without it (the default) each method's
     seconds are its own."""
-    from inverse.baselines import BASELINES, method_label
-    results, secs = {}, {}
-    for b in cfg.baselines:
-        kw, _ = accepted_kwargs(BASELINES[b], tv_options(cfg))
-        label = method_label(b, cfg.problem)
-        with torch.no_grad():
-            xb, secs[label] = misc.timed(lambda: BASELINES[b](op, y, **kw), device)
-        results[label] = xb[0].detach().float().cpu().numpy()
-    return results, secs
+    from inverse.baselines import method_label
+
+    images, seconds = stages.solve_baselines(op, y, cfg, device)
+    label = {b: method_label(b, cfg.problem) for b in images}  # 'pinv' outside CT
+    return ({label[b]: x[0].detach().float().cpu().numpy() for b, x in images.items()},
+            {label[b]: t for b, t in seconds.items()})
 
 
 # ----------------------------------------------------------------------------------------
@@ -280,13 +211,11 @@ def run_baselines(op, y: torch.Tensor, cfg: ReconConfig, device: torch.device) -
 
 
 def run(cfg: ReconConfig | dict) -> dict:
-    """Reconstruct every input; write the run directory; return the summary dict."""
-    cfg = validate(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.volume:  # each input is one 3-D volume, solved in slabs (inverse.volume)
-        from inverse.volume import run_volume
-        return run_volume(cfg)
+    """Reconstruct every input image; write the run directory; return the summary dict."""
+    cfg = stages.start_run(cfg)
+    if cfg.volume:
+        raise ValueError("volume=True: volumes are reconstructed by inverse.volume.run_volume(cfg) "
+                         "(inverse_nodist.py --volume), not inverse.reconstruct.run")
     own_pg = not ddp.is_initialized()
     try:
         setup = set_up(cfg)
@@ -297,24 +226,6 @@ def run(cfg: ReconConfig | dict) -> dict:
     finally:
         if own_pg and ddp.is_initialized():
             ddp.shutdown()
-
-
-def validate(cfg: ReconConfig | dict) -> ReconConfig:
-    """Stage 1: the config with its defaults resolved (once); unknown names are a ValueError."""
-    from inverse.baselines import BASELINES
-    from inverse.prior import check_prior_name
-    from inverse.samplers import SAMPLERS
-
-    cfg = ReconConfig.from_dict(cfg).resolved()
-    for name in cfg.baselines:
-        if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
-    if cfg.solver not in SAMPLERS:
-        raise ValueError(f"unknown solver {cfg.solver!r}; expected one of {sorted(SAMPLERS)}")
-    check_images_per_batch(cfg.images_per_batch)
-    check_samples(cfg.samples, cfg.volume)
-    check_prior_name(cfg.prior)
-    return cfg
 
 
 @dataclass
@@ -347,7 +258,7 @@ class Setup:
     @property
     def tags(self) -> dict[str, str]:
         """Method -> file tag of its image (NAME_<tag>.npy)."""
-        return {m: "recon" if m == PADIS else m for m in self.methods}
+        return stages.method_tags(self.methods)
 
     @property
     def sample_tags(self) -> list[str]:
@@ -372,9 +283,6 @@ def set_up(cfg: ReconConfig) -> Setup:
     any work; a bad input file is recorded in ``failures`` and the others still run. Makes the
     run directory and writes config.json last."""
     from inverse.baselines import method_label
-    from inverse.checkpoint_info import prior_problem, trained_patch_range, training_info
-    from inverse.prior import DEFAULT_PATCH_RANGE, build_prior, network_image_channels, resolve_grids
-    from torch_utils.persistence import load_network
 
     device = ddp.init(cfg.device)
     rank, world = ddp.rank(), ddp.world_size()
@@ -383,55 +291,45 @@ def set_up(cfg: ReconConfig) -> Setup:
     failures: list[dict] = []
     ranges: dict = {}
     items, has_gt, shapes = _load_inputs(cfg, failures, ranges)
-    net = load_network(cfg.network, device=device)
-    info = training_info(cfg.network)
-    if prior_problem(info, cfg.prior):
-        raise ValueError(f"{cfg.network}: {prior_problem(info, cfg.prior)}")
-    channels = network_image_channels(net)
+    network = open_network(cfg.network, device, cfg.prior)
     if has_gt:
-        items, converted = grey_rgb_to_single(items, channels)
-        if converted and rank == 0:
-            print(f"note: {len(converted)} grey image(s) stored as RGB ({', '.join(converted[:3])}"
-                  f"{', ...' if len(converted) > 3 else ''}) read as 1 channel for this 1-channel network",
-                  file=sys.stderr)
-        items = _keep_valid(items, failures, lambda it: check_channels([(it.name, it.data)], channels, it.source))
+        items = _match_channels(items, network.channels, failures, rank)
         shapes = {tuple(it.data.shape[1:]) for it in items}
-    patch_range = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
-    cfg = cfg.replace(patch_range=patch_range,
-                      grid=resolve_grids(cfg.prior, net, cfg.pad, cfg.psize, patch_range, shapes))
+    cfg, loaded = stages.load_run_prior(cfg, network, shapes, device)
     if rank == 0:
-        _print_grid_notes(cfg, info, shapes)
-    prior = build_prior(net, cfg.prior, pad=cfg.pad, psize=cfg.psize, stride=cfg.stride, batch=cfg.batch,
-                        patch_range=cfg.patch_range, grid=cfg.grid, precision=cfg.precision,
-                        channels_last=cfg.channels_last, compile=cfg.compile, pad_fill=cfg.pad_fill)
+        stages.print_lines(loaded.messages())
     setup = Setup(cfg=cfg, device=device, rank=rank, world=world, verbose=rank == 0 and cfg.progress,
                   items=items, has_gt=has_gt, shapes=shapes, failures=failures, input_ranges=ranges,
-                  channels=channels, prior=prior,
-                  sampler=None, solver_kwargs={}, sigmas=None, writer=None,
+                  channels=network.channels, prior=loaded.prior,
+                  sampler=None, solver_kwargs={}, sigmas=loaded.sigmas, writer=None,
                   methods=[method_label(b, cfg.problem) for b in cfg.baselines] + [PADIS])  # 'pinv' outside CT
     if not has_gt:
         setup.items = _read_measurements(setup)
     if rank == 0:
-        for f in failures:
-            print(f"skipped {rio.failure_line(f)}", file=sys.stderr)
-        fov = field_of_view_warning(setup.items, setup.operator) if has_gt else None
-        if fov:
-            print(f"warning: {fov}", file=sys.stderr)
-    _set_up_solver(setup)
+        _report_inputs(setup)
+    setup.sampler, setup.solver_kwargs = stages.set_up_solver(cfg, setup.verbose)
     _open_run_dir(setup)
     return setup
 
 
-def _print_grid_notes(cfg: ReconConfig, info, shapes: set) -> None:
-    """The chosen patch grids and the checkpoint's warnings about these inputs (stderr)."""
-    from inverse.checkpoint_info import input_warnings
-    from inverse.prior import describe_grids
+def _match_channels(items: list[Item], channels: int, failures: list[dict], rank: int) -> list[Item]:
+    """Grey images stored as RGB become 1-channel for a 1-channel network (a note on rank 0 says
+    so); images of another channel count than the network's go to ``failures``."""
+    items, converted = grey_rgb_to_single(items, channels)
+    if converted and rank == 0:
+        print(f"note: {len(converted)} grey image(s) stored as RGB ({', '.join(converted[:3])}"
+              f"{', ...' if len(converted) > 3 else ''}) read as 1 channel for this 1-channel network",
+              file=sys.stderr)
+    return _keep_valid(items, failures, lambda it: check_channels([(it.name, it.data)], channels, it.source))
 
-    for line in describe_grids(cfg.grid, cfg.patch_range):
-        print(line, file=sys.stderr)
-    for line in dict.fromkeys(w for s in sorted(shapes) for w in input_warnings(
-            info, cfg.prior, s, (cfg.grid.get(f"{s[0]}x{s[1]}") or {}).get("psize"))):
-        print(f"warning: {line}", file=sys.stderr)
+
+def _report_inputs(setup: Setup) -> None:
+    """The skipped inputs and the field-of-view warning (stderr)."""
+    for f in setup.failures:
+        print(f"skipped {rio.failure_line(f)}", file=sys.stderr)
+    fov = field_of_view_warning(setup.items, setup.operator) if setup.has_gt else None
+    if fov:
+        print(f"warning: {fov}", file=sys.stderr)
 
 
 def _read_measurements(setup: Setup) -> list[Item]:
@@ -441,18 +339,6 @@ def _read_measurements(setup: Setup) -> list[Item]:
     read = rio.read_measurement_files(cfg.measurements, (setup.channels, *setup.operator(shape).measurement_shape),
                                       max_images=cfg.max_images, failures=setup.failures)
     return [Item(i, name, file, y) for i, (name, y, file) in enumerate(read)]
-
-
-def _set_up_solver(setup: Setup) -> None:
-    """The sampler, the options it takes (a note names the others) and the noise schedule."""
-    from inverse.samplers import SAMPLERS, get_sigmas_karras
-
-    cfg = setup.cfg
-    setup.sampler = SAMPLERS[cfg.solver]
-    setup.solver_kwargs, ignored = accepted_kwargs(setup.sampler, cfg.solver_kwargs)
-    if ignored and setup.verbose:
-        print(f"note: solver {cfg.solver} does not use option(s) {', '.join(sorted(ignored))}")
-    setup.sigmas = get_sigmas_karras(cfg.steps, cfg.sigma_min, cfg.sigma_max, device=setup.device)
 
 
 def _open_run_dir(setup: Setup) -> None:
@@ -561,12 +447,12 @@ def prepare_image(setup: Setup, item: Item, pool: ThreadPoolExecutor | None) -> 
     with torch.no_grad():
         if setup.has_gt:
             y = op.A(torch.from_numpy(item.data)[None].to(device))
-            noise_std = measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
+            noise_std = stages.measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
             if cfg.noise:
                 y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
         else:
             y = torch.from_numpy(item.data)[None].to(device)
-            noise_std = measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
+            noise_std = stages.measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
     setup.writer.save_measurement(item.name, y[0].detach().cpu().numpy())
     seconds = time.perf_counter() - t_start  # the baselines' own seconds are added later
     if pool:
@@ -575,25 +461,6 @@ def prepare_image(setup: Setup, item: Item, pool: ThreadPoolExecutor | None) -> 
         baselines = Future()
         baselines.set_result(run_baselines(op, y, cfg, device))
     return Prepared(item, y, gen, baselines, seconds, noise_std)
-
-
-def measurement_noise_std(op, y: torch.Tensor, noise: float | None, absolute: bool = False) -> float:
-    """The std of the noise that level ``noise`` adds to ``y`` (``op.noise_std`` of the clean y;
-    ``absolute``: ``noise`` is that std), in y's units; for given measurements the std the
-    assumed level means."""
-    if not noise:
-        return 0.0
-    if absolute:
-        return float(noise)
-    std = torch.as_tensor(op.noise_std(y, noise)).detach().float()
-    return float(std.pow(2).mean().sqrt())  # one image: its std; a slab of slices: their rms
-
-
-def with_noise_std(sampler, options: dict, noise_std: float) -> dict:
-    """``options`` plus ``noise_std`` for a solver that takes it (DiffPIR, DDNM+), unless set."""
-    if "noise_std" in inspect.signature(sampler).parameters and "noise_std" not in options:
-        return dict(options, noise_std=noise_std)
-    return dict(options)
 
 
 def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tuple[torch.Tensor, float] | None:
@@ -607,8 +474,8 @@ def solve_group(setup: Setup, prepared: list[Prepared], results: Results) -> tup
     if k > 1:
         y = y.repeat_interleave(k, dim=0)
     label = group[0].name if len(group) == 1 else f"{group[0].name} +{len(group) - 1}"
-    options = with_noise_std(setup.sampler, setup.solver_kwargs,
-                             float(np.sqrt(np.mean([p.noise_std ** 2 for p in prepared]))))
+    noise_std = float(np.sqrt(np.mean([p.noise_std ** 2 for p in prepared])))  # the group's rms
+    options = stages.with_noise_std(setup.sampler, setup.solver_kwargs, noise_std)
     bar = tqdm(total=len(setup.sigmas), desc=label, unit="step", leave=False, disable=not setup.verbose,
                position=1)
     setup.prior.reset_calls()

@@ -50,12 +50,14 @@ import torch
 from tqdm import tqdm
 
 from inverse import io as rio
+from inverse import stages
 from inverse.config import ReconConfig
 from inverse.operators import Operator
+from inverse.prior_setup import open_network
 from inverse.ranks import RankGroup, joined
 from torch_utils import misc
 
-PADIS = "padis"
+PADIS = stages.PADIS
 
 
 class SliceCoupled(Operator):
@@ -139,43 +141,17 @@ class VolumeContext:
     """What every slab of a run shares: network prior, sampler, schedule, operators per slab size."""
 
     def __init__(self, cfg: ReconConfig, device: torch.device, shapes: set[tuple[int, int]], verbose: bool = True):
-        from inverse.checkpoint_info import input_warnings, prior_problem, trained_patch_range, training_info
-        from inverse.prior import (
-            DEFAULT_PATCH_RANGE,
-            build_prior,
-            describe_grids,
-            network_image_channels,
-            resolve_grids,
-        )
-        from inverse.reconstruct import accepted_kwargs
-        from inverse.samplers import SAMPLERS, get_sigmas_karras
-        from torch_utils.persistence import load_network
-
         self.device = device
-        net = load_network(cfg.network, device=device)
-        info = training_info(cfg.network)
-        if prior_problem(info, cfg.prior):
-            raise ValueError(f"{cfg.network}: {prior_problem(info, cfg.prior)}")
-        self.channels = network_image_channels(net)
+        network = open_network(cfg.network, device, cfg.prior)
+        self.channels = network.channels
         if self.channels != 1:
             raise ValueError(f"--volume needs a single-channel network, {cfg.network} denoises "
                              f"{self.channels}-channel images")
-        patch_range = list(trained_patch_range(info) or DEFAULT_PATCH_RANGE)
-        cfg = cfg.replace(patch_range=patch_range,
-                          grid=resolve_grids(cfg.prior, net, cfg.pad, cfg.psize, patch_range, shapes))
-        self.cfg = cfg
+        self.cfg, loaded = stages.load_run_prior(cfg, network, shapes, device)
         if verbose:
-            for line in describe_grids(cfg.grid, cfg.patch_range):
-                print(line, file=sys.stderr)
-            for line in dict.fromkeys(w for s in sorted(shapes) for w in input_warnings(
-                    info, cfg.prior, s, (cfg.grid.get(f"{s[0]}x{s[1]}") or {}).get("psize"))):
-                print(f"warning: {line}", file=sys.stderr)
-        self.prior = build_prior(net, cfg.prior, pad=cfg.pad, psize=cfg.psize, stride=cfg.stride, batch=cfg.batch,
-                                 patch_range=cfg.patch_range, grid=cfg.grid, precision=cfg.precision,
-                                 channels_last=cfg.channels_last, compile=cfg.compile, pad_fill=cfg.pad_fill)
-        self.sampler = SAMPLERS[cfg.solver]
-        self.solver_kwargs, _ = accepted_kwargs(self.sampler, cfg.solver_kwargs)
-        self.sigmas = get_sigmas_karras(cfg.steps, cfg.sigma_min, cfg.sigma_max, device=device)
+            stages.print_lines(loaded.messages())
+        self.prior, self.sigmas = loaded.prior, loaded.sigmas
+        self.sampler, self.solver_kwargs = stages.set_up_solver(self.cfg, verbose)
         self._ops: dict = {}
 
     def operator(self, shape: tuple[int, int], n: int) -> Operator:
@@ -192,23 +168,17 @@ class VolumeContext:
 def solve_slab(ctx: VolumeContext, gt: np.ndarray, seed: int, progress=None) -> tuple[dict, np.ndarray, dict, int]:
     """Measure and reconstruct one slab (n, H, W) in [0, 1]: ({method: (n, H, W)}, measurement,
     {method: seconds}, denoiser calls)."""
-    from inverse.baselines import BASELINES
-    from inverse.reconstruct import accepted_kwargs, measurement_noise_std, tv_options, with_noise_std
-
     cfg, device = ctx.cfg, ctx.device
     op = ctx.operator(tuple(gt.shape[1:]), len(gt))
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         y = op.A(torch.from_numpy(gt)[:, None].to(device))
-        options = with_noise_std(ctx.sampler, ctx.solver_kwargs, measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute))
+        noise_std = stages.measurement_noise_std(op, y, cfg.noise, cfg.noise_absolute)
+        options = stages.with_noise_std(ctx.sampler, ctx.solver_kwargs, noise_std)
         if cfg.noise:
             y = op.noise(y, cfg.noise, gen, absolute=cfg.noise_absolute)
-    results, secs = {}, {}
-    for b in cfg.baselines:
-        kw, _ = accepted_kwargs(BASELINES[b], tv_options(cfg))
-        with torch.no_grad():
-            xb, secs[b] = misc.timed(lambda: BASELINES[b](op, y, **kw), device)
-        results[b] = xb[:, 0].float().cpu().numpy()
+    images, secs = stages.solve_baselines(op, y, cfg, device)
+    results = {b: x[:, 0].float().cpu().numpy() for b, x in images.items()}
     solve_op, solve_y = op, y
     if cfg.z_coupling:
         solve_op = SliceCoupled(op, cfg.z_coupling)
@@ -326,7 +296,7 @@ def solve_slab_files(ctx: VolumeContext, vol: rio.Volume, run_dir: Path, first_i
 
 def _method_tags(cfg: ReconConfig) -> dict[str, str]:
     """Method -> file tag (NAME_<tag>.npy): the baselines' names, ``recon`` for PaDIS."""
-    return {m: "recon" if m == PADIS else m for m in [*cfg.baselines, PADIS]}
+    return stages.method_tags([*cfg.baselines, PADIS])
 
 
 def assemble_volume(cfg: ReconConfig, vol: rio.Volume, run_dir: Path) -> dict:
@@ -365,19 +335,20 @@ def _describe_slabs(volumes: list[rio.Volume], slabs: list) -> str:
     return ", ".join(_slab_stem(volumes[k], z0, z1) for k, z0, z1 in slabs) or "none"
 
 
-def run_volume(cfg: ReconConfig) -> dict:
-    """Reconstruct every volume of ``cfg.input``; write the run directory; return the summary.
+def run_volume(cfg: ReconConfig | dict) -> dict:
+    """Reconstruct every volume of ``cfg.input`` (``cfg``: a :class:`ReconConfig` or a dict of
+    its fields, run and recorded with ``volume`` True); write the run directory; return the summary.
 
     Under torchrun the slabs still to solve are split across the ranks (slab k of the pending
     ones on rank k mod world); rank 0 makes the one run directory and, once every rank
     finished, assembles the volumes and writes the summary; every rank returns it."""
+    cfg = stages.start_run(ReconConfig.from_dict(cfg).replace(volume=True))
     with joined(cfg.device) as ranks:
         return _run_volume(cfg, ranks)
 
 
 def _run_volume(cfg: ReconConfig, ranks: RankGroup) -> dict:
     from inverse.prior import check_prior_geometry
-    from inverse.reconstruct import open_run_dir
 
     if cfg.input is None:
         raise ValueError("--volume reconstructs ground-truth volumes: give --input (not --measurements)")
@@ -398,7 +369,7 @@ def _run_volume(cfg: ReconConfig, ranks: RankGroup) -> dict:
             ctx.operator(tuple(v.shape[1:]), n)
 
     def open_and_plan():  # rank 0: the run directory (resume: checked, temporaries removed), the plan
-        run_dir = open_run_dir(cfg, "-volume")
+        run_dir = stages.open_run_dir(cfg, "-volume")
         if not cfg.resume:
             misc.atomic_write_json(run_dir / "config.json", cfg.replace(run_dir=str(run_dir)).to_dict())
         return str(run_dir), pending_slabs(volumes, run_dir, cfg.slab)

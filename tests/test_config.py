@@ -8,7 +8,7 @@ import json
 import pytest
 
 from inverse.config import ReconConfig
-from inverse.reconstruct import check_resume_config
+from inverse.stages import check_resume_config
 
 # config.json of a run made by the code before ReconConfig (every key it wrote; paths made relative).
 OLD_CONFIG = {

@@ -50,10 +50,7 @@ ENTRY_SCRIPTS = ("train", "inverse_nodist", "generate")
 # Import cycles that exist and are known; each entry is exactly one strongly connected set of
 # modules, with the reason it is still there. Any other cycle fails, and so does an entry
 # whose cycle is gone (delete it then).
-ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    # being removed by issue 22 item 2
-    frozenset({"inverse.reconstruct", "inverse.volume"}): "being removed by issue 22 item 2",
-}
+ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 
 SKIP_DIRS = {"__pycache__", "venv", "node_modules"}  # anywhere (and every hidden directory, .venv too)
 ROOT_SKIP_DIRS = {"runs", "data", "out", "build"}  # run outputs and data at the checkout's root

@@ -254,6 +254,29 @@ def test_generate_writes_grid(assets, tmp_path):
                                      "--outdir", tmp_path]), 1, "psize")
 
 
+def test_generate_pad_fill_reaches_the_prior(assets, tmp_path):
+    """--pad-fill noise draws the canvas noise from each seed's generator (load_prior's prior with
+    pad_fill 'noise'); zeros, the default, is the run without the option."""
+    from inverse.prior_setup import load_prior
+
+    args = ["--network", assets["net"], "--seeds", "1", "--size", "32", *GEOM, "--steps", "2", "--method", "euler"]
+    runs = {}
+    for fill in (None, "zeros", "noise"):
+        outdir = tmp_path / str(fill)
+        res = invoke(generate, [*args, "--outdir", outdir, *(["--pad-fill", fill] if fill else [])])
+        assert res.exit_code == 0, res.output
+        run_dir = only_run_dir(outdir)
+        assert json.loads((run_dir / "config.json").read_text())["pad_fill"] == (fill or "zeros")
+        runs[fill] = np.load(run_dir / "samples.npy")
+    assert np.array_equal(runs[None], runs["zeros"]) and not np.allclose(runs["zeros"], runs["noise"])
+    loaded = load_prior(assets["net"], [(32, 32)], pad=4, psize=12, pad_fill="noise", steps=2, sigma_min=0.002,
+                        sigma_max=80.0)
+    x = edm_sample(loaded.prior, (1, 1, 32, 32), loaded.sigmas, torch.Generator().manual_seed(1), method="euler")
+    assert np.array_equal(runs["noise"][0], np.clip(x[0].numpy(), 0, 1))
+    res = invoke(generate, [*args, "--outdir", tmp_path / "bad", "--pad-fill", "ones"])
+    assert res.exit_code == 2 and "--pad-fill" in res.output
+
+
 # ----------------------------------------------------------------------------------------
 # Speed options (issue 7): --images-per-batch, --precision, --compile
 
@@ -330,7 +353,7 @@ def test_fp16_on_cpu_is_a_usage_error(assets, tmp_path):
 
 def test_resume_accepts_config_written_before_the_speed_options(tmp_path):
     from inverse.config import ReconConfig
-    from inverse.reconstruct import check_resume_config
+    from inverse.stages import check_resume_config
     old = dict(network="net.safetensors", problem="denoise", solver="dds", seed=0, outdir="out")
     (tmp_path / "config.json").write_text(json.dumps(old))
     check_resume_config(tmp_path, ReconConfig(**old, compile=True))  # compile is free

@@ -19,7 +19,8 @@ import inverse_nodist
 from inverse import io as rio
 from inverse.config import ReconConfig
 from inverse.operators import make_operator
-from inverse.reconstruct import check_samples, summarize_samples, validate
+from inverse.reconstruct import summarize_samples
+from inverse.stages import check_samples, validate
 
 INPAINT = ["--problem", "inpaint", "--mask", "box", "--mask-fraction", "0.25", "--noise", "0", "--solver", "dds",
            "--steps", "3", "--baseline", "fbp", "--seed", "2", "--pad", "4", "--psize", "12"]

@@ -102,7 +102,7 @@ def test_slabs_stream_and_resume(tiny_net, tmp_path):
     np.testing.assert_allclose(np.load(only_run_dir(tmp_path / "b") / "tail_recon.npy"), full[16:], atol=1e-5)
     # a killed run: slab markers for the first two slabs, nothing for the third
     run_dir = only_run_dir(tmp_path / "a")
-    from inverse.reconstruct import run
+    from inverse.volume import run_volume
     cfg = json.loads((run_dir / "config.json").read_text())
     (run_dir / "v_metrics.json").unlink()
     for tag in ("recon", "measurement"):
@@ -114,9 +114,26 @@ def test_slabs_stream_and_resume(tiny_net, tmp_path):
                              errors=dict(padis=dict(sse=1.0, voxels=2048, ssim_sum=4.0, slices=8))))
     (run_dir / "v_z0000-0007_metrics.json").write_text(marker)  # fake numbers: read back, not recomputed
     (run_dir / "v_z0008-0015_metrics.json").write_text(marker.replace('"z0": 0, "z1": 8', '"z0": 8, "z1": 16'))
-    summary = run(dict(cfg, resume=str(run_dir), progress=False))
+    summary = run_volume(dict(cfg, resume=str(run_dir), progress=False))
     np.testing.assert_allclose(np.load(run_dir / "v_recon.npy"), full, atol=1e-5)
     assert summary["volumes"][0]["calls"] == 6 and summary["methods"]["padis"]["ssim"]["n"] == 1
+
+
+def test_each_mode_has_its_own_runner(tiny_net, tmp_path):
+    """inverse.reconstruct.run is image mode and refuses a volume config, naming the runner that
+    takes it; run_volume takes a dict and records volume True."""
+    from inverse.reconstruct import run
+    from inverse.volume import run_volume
+
+    np.save(tmp_path / "v.npy", phantom(4))
+    cfg = dict(network=tiny_net, problem="ct_parbeam", problem_kwargs=dict(views=8, det_count=24),
+               input=str(tmp_path / "v.npy"), pad=4, psize=10, steps=1, baselines=[], slab=4,
+               outdir=str(tmp_path / "out"), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"inverse\.volume\.run_volume"):
+        run(dict(cfg, volume=True))
+    summary = run_volume(cfg)
+    assert summary["mode"] == "volume" and summary["config"]["volume"] is True
+    assert summary["n_slices"] == 4
 
 
 def test_slab_bounds_and_scores():
