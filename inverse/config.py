@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dnnlib.config import CheckedConfig
+
 FREE = {"resume_free": True}  # a resumed run may change this field
 PATH = {"path": True}  # a path: compared as an absolute path on resume
 
@@ -30,8 +32,10 @@ DEFAULT_NOISE = dict(ct=0.005, other=0.01)
 
 
 @dataclass
-class ReconConfig:
+class ReconConfig(CheckedConfig):
     """Everything that defines one reconstruction run (see the module docstring to add a field)."""
+
+    KIND = "reconstruction"  # the word of dnnlib.config.CheckedConfig's errors (not a field)
 
     # What to reconstruct
     network: str = field(metadata=PATH)  # checkpoint (torch_utils.persistence.load_network)
@@ -96,37 +100,17 @@ class ReconConfig:
     grid: dict | None = field(default=None, metadata=FREE)  # {"HxW": {pad, psize, chosen}} per size
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
     def from_dict(cls, values: dict) -> ReconConfig:
         """A config from a dict (e.g. a ``config.json``); missing keys get their defaults, an
         unknown key is a ``ValueError`` listing the valid ones."""
         if isinstance(values, ReconConfig):
             return values
-        names = cls.field_names()
-        unknown = sorted(k for k in values if k not in names)
-        if unknown:
-            raise ValueError(f"unknown reconstruction option(s) {', '.join(map(repr, unknown))}; "
-                             f"valid: {', '.join(names)}")
+        cls.check_names(values)
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ValueError(f"reconstruction option(s) {', '.join(map(repr, missing))} missing")
         return cls(**values)
-
-    def to_dict(self) -> dict:
-        """Plain dict of every field (what ``config.json`` holds)."""
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> ReconConfig:
-        """A copy with ``changes`` applied (unknown names are a ``ValueError``)."""
-        unknown = sorted(set(changes) - set(self.field_names()))
-        if unknown:
-            raise ValueError(f"unknown reconstruction option(s) {', '.join(map(repr, unknown))}; "
-                             f"valid: {', '.join(self.field_names())}")
-        return dataclasses.replace(self, **changes)
 
     def resolved(self) -> ReconConfig:
         """A copy with the defaults filled: ``noise``, ``device``, the problem's TV weight, the

@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from dnnlib.config import CheckedConfig
 from torch_utils.device import default_device
 from training.augment import AugmentSpec
 from training.networks import PRECISIONS
@@ -28,12 +29,14 @@ from training.patch_loss import parse_patch_sizes, patch_probabilities
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     """Everything that defines one training run (see the module docstring to add a field).
 
     Units: ``nimg`` counts training patches (``training.training_loop``); kimg = 1e3 of them,
     Mimg = 1e6.
     """
+
+    KIND = "training"  # the word of dnnlib.config.CheckedConfig's errors (not a field)
 
     outdir: str = "runs"  # parent of the run directories
     desc: str | None = None  # run directory suffix (None: built from the config)
@@ -73,10 +76,6 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar on rank 0
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
     def default(cls, name: str) -> Any:
         """The default of field ``name`` (a fresh copy for lists and dicts)."""
         for f in dataclasses.fields(cls):
@@ -90,24 +89,8 @@ class TrainConfig:
         unknown key is a ``ValueError`` listing the valid ones. The dict's values are copied."""
         if isinstance(values, TrainConfig):
             return values
-        names = cls.field_names()
-        unknown = sorted(k for k in values if k not in names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(map(repr, unknown))}; "
-                             f"valid: {', '.join(names)}")
+        cls.check_names(values)
         return cls(**copy.deepcopy(dict(values)))
-
-    def to_dict(self) -> dict:
-        """Plain dict of every field, in field order (what ``config.json`` starts from)."""
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes`` applied (unknown names are a ``ValueError``)."""
-        unknown = sorted(set(changes) - set(self.field_names()))
-        if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(map(repr, unknown))}; "
-                             f"valid: {', '.join(self.field_names())}")
-        return dataclasses.replace(self, **changes)
 
     def resolved(self) -> TrainConfig:
         """A checked copy with ``patch_sizes`` parsed, every ``augment`` field filled in and
