@@ -72,6 +72,15 @@ def test_unknown_arch_lists_valid_names():
         build_network("huge", 64, 1)
 
 
+def test_group_norm_that_cannot_split_its_channels_is_refused_at_build_time():
+    # 48 x [1, 2, 2] concatenates to 144 channels in the decoder: 32 groups do not divide them
+    # (it used to fail only at the first training step, naming no option).
+    with pytest.raises(ValueError, match="model_channels 48 .* 144 channels, not divisible by its 32 groups"):
+        build_network("small", 64, 1, model_channels=48)
+    for channels in (16, 32, 64):
+        build_network("small", 64, 1, model_channels=channels)
+
+
 def test_songunet_rejects_bad_types():
     with pytest.raises(ValueError, match="encoder_type"):
         SongUNet(32, 3, 1, encoder_type="nope")

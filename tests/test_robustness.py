@@ -224,6 +224,8 @@ def test_train_hostile_or_foreign_training_state_is_refused(assets, tmp_path):
     # A state of another architecture (wider network).
     _one_line_error(_invoke(train, args + ["--resume", good, "--cbase", "32"]), 1, good.name,
                     "does not match this network/config")
+    _one_line_error(_invoke(train, args + ["--cbase", "48", "--cres", "1,2,2"]), 1, "model_channels 48",
+                    "not divisible by its 32 groups")
     assert not _run_dirs(tmp_path / "runs")
 
 

@@ -576,6 +576,21 @@ def build_network(arch: str | dict, img_resolution: int, image_channels: int, po
         kwargs = dict(arch)
     kwargs.update(overrides)
     if positional:
-        return PatchEDMPrecond(img_resolution=img_resolution, img_channels=image_channels + 2,
-                               out_channels=image_channels, **kwargs)
-    return EDMPrecond(img_resolution=img_resolution, img_channels=image_channels, **kwargs)
+        net = PatchEDMPrecond(img_resolution=img_resolution, img_channels=image_channels + 2,
+                              out_channels=image_channels, **kwargs)
+    else:
+        net = EDMPrecond(img_resolution=img_resolution, img_channels=image_channels, **kwargs)
+    check_group_norms(net, kwargs)
+    return net
+
+
+def check_group_norms(net: torch.nn.Module, kwargs: dict) -> None:
+    """ValueError if a GroupNorm's groups do not divide its channels (it would fail at the first
+    call, deep in the decoder): some model_channels / channel_mult give such counts (48 x [1, 2, 2]
+    concatenates to 144 channels for 32 groups); multiples of 32 never do."""
+    for name, m in net.named_modules():
+        if isinstance(m, GroupNorm) and m.weight.numel() % m.num_groups:
+            raise ValueError(f"model_channels {kwargs.get('model_channels')} with channel_mult "
+                             f"{kwargs.get('channel_mult')}: the GroupNorm {name} gets {m.weight.numel()} "
+                             f"channels, not divisible by its {m.num_groups} groups; use a model_channels "
+                             "that is a multiple of 32")
