@@ -26,10 +26,16 @@ def state() -> dict:
     return _load_state(path)
 
 
+def last_config() -> Path:
+    """config.json, or the newest config-resume-STEP.json (a resumed run writes one)."""
+    resumes = sorted(STAGE.glob("config-resume-*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    return resumes[-1] if resumes else STAGE / "config.json"
+
+
 def test_committed_state_fits_the_network_of_its_config(state):
     cfg = state["config"]
-    saved = json.loads((STAGE / "config.json").read_text())
-    assert {k: v for k, v in cfg.items() if k != "resumed_from"} == {k: saved[k] for k in cfg if k != "resumed_from"}
+    saved = json.loads(last_config().read_text())  # the config of the run that wrote the state
+    assert cfg == {k: saved[k] for k in cfg}
     pad = cfg["pad_width"]
     height, width = cfg["image_resolution"]
     net = build_network(cfg["arch"], img_resolution=max(height, width) + 2 * pad, image_channels=1,
